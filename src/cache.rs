@@ -1,0 +1,190 @@
+//! Per-process verdict cache. Keys are SHA-256 of (login user, token): the token itself is never
+//! stored. Each entry carries its own lifetime (positive: min(cache_ttl, token exp); negative: the
+//! short negative TTL), the entry count is bounded, and concurrent misses for one key share one
+//! provider request (moka's load coalescing). Temporary failures are never cached.
+
+use crate::claims::Identity;
+use crate::errors::{Rejection, Unavailable};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Key = [u8; 32];
+
+/// A cached verdict and how long it may be used.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub verdict: Result<Identity, Rejection>,
+    pub ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<Key, Arc<Entry>> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &Key, value: &Arc<Entry>, _created_at: std::time::Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+pub struct VerdictCache {
+    inner: Option<moka::future::Cache<Key, Arc<Entry>>>,
+}
+
+/// Where a verdict came from, for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Provider,
+}
+
+impl VerdictCache {
+    /// `max_entries = 0` turns caching off.
+    pub fn new(max_entries: u64) -> Self {
+        let inner = (max_entries > 0)
+            .then(|| moka::future::Cache::builder().max_capacity(max_entries).expire_after(PerEntryTtl).build());
+        VerdictCache { inner }
+    }
+
+    pub fn key(user: &str, token: &[u8]) -> Key {
+        let mut h = Sha256::new();
+        h.update((user.len() as u64).to_be_bytes());
+        h.update(user.as_bytes());
+        h.update(token);
+        h.finalize().into()
+    }
+
+    /// The cached verdict for `key`, or the one `load` computes (shared by concurrent callers).
+    pub async fn get_or_load<F>(&self, key: Key, load: F) -> Result<(Arc<Entry>, Source), Unavailable>
+    where
+        F: Future<Output = Result<Entry, Unavailable>>,
+    {
+        let Some(cache) = &self.inner else {
+            return load.await.map(|e| (Arc::new(e), Source::Provider));
+        };
+        let entry = cache
+            .entry(key)
+            .or_try_insert_with(async { load.await.map(Arc::new) })
+            .await
+            .map_err(|e| (*e).clone())?;
+        let source = if entry.is_fresh() { Source::Provider } else { Source::Cache };
+        let value = entry.into_value();
+        if value.ttl.is_zero() {
+            cache.invalidate(&key).await;
+        }
+        Ok((value, source))
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| c.entry_count())
+    }
+
+    /// Lets moka apply pending evictions now (tests and counters read exact sizes).
+    pub async fn run_pending_tasks(&self) {
+        if let Some(c) = &self.inner {
+            c.run_pending_tasks().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+    fn ok(ttl: u64) -> Entry {
+        Entry {
+            verdict: Ok(Identity { username: "a@x".into(), expires_at: None, fields: vec![] }),
+            ttl: Duration::from_millis(ttl),
+        }
+    }
+
+    #[test]
+    fn key_depends_on_user_and_token_and_is_not_the_token() {
+        let k = VerdictCache::key("alice", b"tok");
+        assert_ne!(k, VerdictCache::key("bob", b"tok"));
+        assert_ne!(k, VerdictCache::key("alice", b"tok2"));
+        assert_ne!(VerdictCache::key("ab", b"c"), VerdictCache::key("a", b"bc"));
+    }
+
+    #[test]
+    fn second_lookup_is_served_from_cache() {
+        rt().block_on(async {
+            let c = VerdictCache::new(10);
+            let k = VerdictCache::key("a", b"t");
+            let (_, s1) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            let (_, s2) = c.get_or_load(k, async { panic!("must not load") }).await.unwrap();
+            assert_eq!((s1, s2), (Source::Provider, Source::Cache));
+        });
+    }
+
+    #[test]
+    fn entry_expires_after_its_own_ttl() {
+        rt().block_on(async {
+            let c = VerdictCache::new(10);
+            let k = VerdictCache::key("a", b"t");
+            c.get_or_load(k, async { Ok(ok(50)) }).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            let (_, s) = c.get_or_load(k, async { Ok(ok(50)) }).await.unwrap();
+            assert_eq!(s, Source::Provider);
+        });
+    }
+
+    #[test]
+    fn temporary_failures_are_not_cached() {
+        rt().block_on(async {
+            let c = VerdictCache::new(10);
+            let k = VerdictCache::key("a", b"t");
+            let e = c.get_or_load(k, async { Err(Unavailable::Internal("down".into())) }).await;
+            assert!(e.is_err());
+            let (_, s) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            assert_eq!(s, Source::Provider);
+        });
+    }
+
+    #[test]
+    fn concurrent_misses_for_one_key_make_one_load() {
+        rt().block_on(async {
+            let c = VerdictCache::new(10);
+            let loads = AtomicUsize::new(0);
+            let k = VerdictCache::key("a", b"t");
+            let one = || async {
+                c.get_or_load(k, async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok(ok(60_000))
+                })
+                .await
+                .unwrap()
+            };
+            let _ = tokio::join!(one(), one(), one(), one());
+            assert_eq!(loads.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn entry_count_is_bounded() {
+        rt().block_on(async {
+            let c = VerdictCache::new(100);
+            for i in 0..1000u32 {
+                c.get_or_load(VerdictCache::key("a", &i.to_be_bytes()), async { Ok(ok(60_000)) }).await.unwrap();
+            }
+            c.run_pending_tasks().await;
+            assert!(c.entry_count() <= 100, "{}", c.entry_count());
+        });
+    }
+
+    #[test]
+    fn zero_capacity_disables_caching() {
+        rt().block_on(async {
+            let c = VerdictCache::new(0);
+            let k = VerdictCache::key("a", b"t");
+            c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            let (_, s) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            assert_eq!(s, Source::Provider);
+        });
+    }
+}

@@ -1,0 +1,257 @@
+//! The rules applied to what the provider said about a token: identity, activity, scope, audience,
+//! issuer, time; and the `pass_attrs` fields built from it. Pure functions, the same for every mode.
+
+use crate::config::Settings;
+use crate::errors::Rejection;
+use serde_json::{Map, Value};
+
+pub type Claims = Map<String, Value>;
+
+/// What a validated token proves, kept in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's user after `username_format`.
+    pub username: String,
+    /// `exp` when the provider reported one (Unix seconds).
+    pub expires_at: Option<u64>,
+    /// `pass_attrs` with `%{oauth2:...}` filled in; other `%` variables are left for Dovecot.
+    pub fields: Vec<(String, String)>,
+}
+
+/// A claim as Dovecot's oauth2 driver sees it: scalars as text, arrays of scalars space-joined.
+pub fn claim_text(claims: &Claims, name: &str) -> Option<String> {
+    fn scalar(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+    match claims.get(name)? {
+        Value::Array(items) => Some(items.iter().filter_map(scalar).collect::<Vec<_>>().join(" ")),
+        Value::Null | Value::Object(_) => None,
+        v => scalar(v),
+    }
+}
+
+fn claim_u64(claims: &Claims, name: &str) -> Option<u64> {
+    match claims.get(name)? {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Applies every rule to the provider's claims for `login_user`, in the order an admin would debug them.
+pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -> Result<Identity, Rejection> {
+    // RFC 7662: `active` is the provider's verdict; false means no, whatever else is in the reply.
+    if let Some(active) = claims.get("active") {
+        if !(active == &Value::Bool(true) || active == &Value::String("true".into())) {
+            return Err(Rejection::Inactive);
+        }
+    }
+    let leeway = settings.leeway.as_secs();
+    let expires_at = claim_u64(claims, "exp");
+    if let Some(exp) = expires_at {
+        if exp + leeway <= now {
+            return Err(Rejection::Expired(now - exp));
+        }
+    }
+    if let Some(nbf) = claim_u64(claims, "nbf") {
+        if nbf > now + leeway {
+            return Err(Rejection::NotYetValid(nbf - now));
+        }
+    }
+    if !settings.issuers.is_empty() {
+        if let Some(iss) = claim_text(claims, "iss") {
+            if !settings.issuers.iter().any(|i| *i == iss) {
+                return Err(Rejection::WrongIssuer(iss));
+            }
+        }
+    }
+    if !settings.audience.is_empty() {
+        let aud = claim_text(claims, "aud").unwrap_or_default();
+        if !aud.split(' ').any(|a| settings.audience.iter().any(|want| want == a)) {
+            return Err(Rejection::WrongAudience(settings.audience.join(" ")));
+        }
+    }
+    if !settings.scope.is_empty() {
+        // Dovecot 2.3 falls back to `aud` when a reply has no `scope`; kept for compatibility.
+        let have = claim_text(claims, "scope").or_else(|| claim_text(claims, "aud")).unwrap_or_default();
+        let have: Vec<&str> = have.split_whitespace().collect();
+        if let Some(missing) = settings.scope.iter().find(|s| !have.contains(&s.as_str())) {
+            return Err(Rejection::MissingScope(missing.clone()));
+        }
+    }
+    let token_user = claim_text(claims, &settings.username_attribute)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| Rejection::NoUsername(settings.username_attribute.clone()))?;
+    let username = settings.username_format.apply(&token_user);
+    let login = settings.username_format.apply(login_user);
+    if username != login {
+        return Err(Rejection::WrongUser { token_user: username, login_user: login });
+    }
+    if let Some(attr) = &settings.active_attribute {
+        let value = claim_text(claims, attr);
+        let ok = match (&value, &settings.active_value) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(v), Some(want)) => v == want,
+        };
+        if !ok {
+            return Err(Rejection::AccountDisabled { attribute: attr.clone(), value: value.unwrap_or_default() });
+        }
+    }
+    let fields = settings
+        .pass_attrs
+        .iter()
+        .map(|(field, template)| (field.clone(), expand_template(template, field, claims)))
+        .collect();
+    Ok(Identity { username, expires_at, fields })
+}
+
+/// Checks a `pass_attrs` template when the settings are read, so a typo is a settings error.
+pub fn check_template(t: &str) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(i) = rest.find("%{") {
+        let after = &rest[i + 2..];
+        let end = after.find('}').ok_or_else(|| format!("'{t}' has an unclosed %{{"))?;
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+/// Fills `%{oauth2:claim}`, `%{oauth2:claim:default}` and `%$` (the claim named like the field).
+/// Claim values are escaped (`%` -> `%%`) because Dovecot expands the result once more for its own
+/// variables (`%u`, `%{rip}`...): a claim must never inject a variable.
+pub fn expand_template(template: &str, field: &str, claims: &Claims) -> String {
+    let escape = |v: String| v.replace('%', "%%");
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push_str(&escape(claim_text(claims, field).unwrap_or_default()));
+            rest = stripped;
+        } else if let Some(inner) = after.strip_prefix("{oauth2:") {
+            let end = inner.find('}').unwrap_or(inner.len());
+            let spec = &inner[..end];
+            let (name, default) = spec.split_once(':').unwrap_or((spec, ""));
+            out.push_str(&escape(claim_text(claims, name).unwrap_or_else(|| default.to_string())));
+            rest = inner.get(end + 1..).unwrap_or("");
+        } else if let Some(stripped) = after.strip_prefix('%') {
+            out.push_str("%%");
+            rest = stripped;
+        } else {
+            out.push('%');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn settings(extra: &str) -> Settings {
+        Settings::parse(Path::new("t.conf"), &format!("introspection_url = https://idp/u\n{extra}")).unwrap()
+    }
+    fn claims(v: Value) -> Claims {
+        v.as_object().unwrap().clone()
+    }
+    const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn matching_email_is_accepted_case_insensitively_by_default() {
+        let id = check(&settings(""), &claims(json!({"email": "Alice@Example.test"})), "alice@example.test", NOW).unwrap();
+        assert_eq!(id.username, "alice@example.test");
+    }
+
+    #[test]
+    fn token_of_another_user_is_rejected() {
+        let e = check(&settings(""), &claims(json!({"email": "bob@example.test"})), "alice@example.test", NOW).unwrap_err();
+        assert!(matches!(e, Rejection::WrongUser { .. }));
+    }
+
+    #[test]
+    fn reply_without_the_username_attribute_is_rejected() {
+        let e = check(&settings("username_attribute = preferred_username\n"), &claims(json!({"email": "a@x"})), "a@x", NOW).unwrap_err();
+        assert_eq!(e, Rejection::NoUsername("preferred_username".into()));
+    }
+
+    #[test]
+    fn inactive_introspection_reply_is_rejected_even_with_a_matching_user() {
+        let e = check(&settings(""), &claims(json!({"active": false, "email": "a@x"})), "a@x", NOW).unwrap_err();
+        assert_eq!(e, Rejection::Inactive);
+    }
+
+    #[test]
+    fn expired_reply_is_rejected_after_the_leeway() {
+        let s = settings("leeway_secs = 0\n");
+        assert!(matches!(check(&s, &claims(json!({"exp": NOW - 1, "email": "a@x"})), "a@x", NOW), Err(Rejection::Expired(1))));
+        assert!(check(&settings(""), &claims(json!({"exp": NOW - 1, "email": "a@x"})), "a@x", NOW).is_ok());
+    }
+
+    #[test]
+    fn not_yet_valid_reply_is_rejected() {
+        let s = settings("leeway_secs = 0\n");
+        assert!(matches!(check(&s, &claims(json!({"nbf": NOW + 100, "email": "a@x"})), "a@x", NOW), Err(Rejection::NotYetValid(100))));
+    }
+
+    #[test]
+    fn every_configured_scope_is_required() {
+        let s = settings("scope = mail imap\n");
+        assert!(check(&s, &claims(json!({"scope": "openid mail imap", "email": "a@x"})), "a@x", NOW).is_ok());
+        let e = check(&s, &claims(json!({"scope": "openid mail", "email": "a@x"})), "a@x", NOW).unwrap_err();
+        assert_eq!(e, Rejection::MissingScope("imap".into()));
+    }
+
+    #[test]
+    fn audience_must_match_one_configured_value() {
+        let s = settings("audience = urn:dovecot\n");
+        assert!(check(&s, &claims(json!({"aud": ["x", "urn:dovecot"], "email": "a@x"})), "a@x", NOW).is_ok());
+        assert!(matches!(check(&s, &claims(json!({"aud": "x", "email": "a@x"})), "a@x", NOW), Err(Rejection::WrongAudience(_))));
+        assert!(matches!(check(&s, &claims(json!({"email": "a@x"})), "a@x", NOW), Err(Rejection::WrongAudience(_))));
+    }
+
+    #[test]
+    fn reported_issuer_must_be_listed() {
+        let s = settings("issuers = https://a https://b\n");
+        assert!(check(&s, &claims(json!({"iss": "https://b", "email": "a@x"})), "a@x", NOW).is_ok());
+        assert_eq!(
+            check(&s, &claims(json!({"iss": "https://c", "email": "a@x"})), "a@x", NOW).unwrap_err(),
+            Rejection::WrongIssuer("https://c".into())
+        );
+    }
+
+    #[test]
+    fn active_attribute_and_value_follow_dovecot() {
+        let s = settings("active_attribute = status\nactive_value = enabled\n");
+        assert!(check(&s, &claims(json!({"status": "enabled", "email": "a@x"})), "a@x", NOW).is_ok());
+        assert!(matches!(check(&s, &claims(json!({"status": "locked", "email": "a@x"})), "a@x", NOW), Err(Rejection::AccountDisabled { .. })));
+        assert!(matches!(check(&s, &claims(json!({"email": "a@x"})), "a@x", NOW), Err(Rejection::AccountDisabled { .. })));
+        let present_only = settings("active_attribute = email_verified\n");
+        assert!(check(&present_only, &claims(json!({"email_verified": false, "email": "a@x"})), "a@x", NOW).is_ok());
+    }
+
+    #[test]
+    fn pass_attrs_fill_oauth2_claims_with_defaults_and_escape_percent() {
+        let c = claims(json!({"quota": "5%", "groups": ["a", "b"]}));
+        assert_eq!(expand_template("%{oauth2:quota}", "q", &c), "5%%");
+        assert_eq!(expand_template("%{oauth2:missing:1G}", "q", &c), "1G");
+        assert_eq!(expand_template("%$", "groups", &c), "a b");
+        assert_eq!(expand_template("host=%{rip}", "x", &c), "host=%{rip}");
+    }
+
+    #[test]
+    fn exp_is_reported_for_cache_lifetime() {
+        let id = check(&settings(""), &claims(json!({"exp": NOW + 60, "email": "a@x"})), "a@x", NOW).unwrap();
+        assert_eq!(id.expires_at, Some(NOW + 60));
+    }
+}

@@ -1,0 +1,589 @@
+//! The settings file: Dovecot 2.3's oauth2 passdb syntax and key names, plus this module's own keys.
+//! Read once per auth-worker (on its first login), never per request.
+
+use crate::errors::ConfigError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How the token reaches `introspection_url` (Dovecot's `introspection_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionMode {
+    /// GET with `Authorization: Bearer <token>`: the userinfo style (Dovecot's default, DMS's choice).
+    Auth,
+    /// GET with the token appended to the URL.
+    Get,
+    /// RFC 7662: POST `token=<token>` with client credentials.
+    Post,
+    /// Validate JWTs in the module (needs keys; see `openid_configuration_url` / `jwks_url`).
+    Local,
+}
+
+/// Dovecot's `username_format` (default `%Lu`), applied to the login user and to the token's
+/// username before they are compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsernameFormat(Vec<FormatPart>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FormatPart {
+    Literal(String),
+    Var { var: UserVar, case: Case },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserVar {
+    User,
+    Name,
+    Domain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Keep,
+    Lower,
+    Upper,
+}
+
+impl UsernameFormat {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                lit.push(c);
+                continue;
+            }
+            let mut case = Case::Keep;
+            let mut next = chars.next().ok_or("ends with '%'")?;
+            if next == '%' {
+                lit.push('%');
+                continue;
+            }
+            if next == 'L' || next == 'U' {
+                case = if next == 'L' { Case::Lower } else { Case::Upper };
+                next = chars.next().ok_or("ends after a modifier")?;
+            }
+            let var = match next {
+                'u' => UserVar::User,
+                'n' => UserVar::Name,
+                'd' => UserVar::Domain,
+                '{' => {
+                    let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    match name.as_str() {
+                        "user" => UserVar::User,
+                        "username" => UserVar::Name,
+                        "domain" => UserVar::Domain,
+                        other => return Err(format!("unsupported variable %{{{other}}} (use %u, %n, %d)")),
+                    }
+                }
+                other => return Err(format!("unsupported variable %{other} (use %u, %n, %d)")),
+            };
+            if !lit.is_empty() {
+                parts.push(FormatPart::Literal(std::mem::take(&mut lit)));
+            }
+            parts.push(FormatPart::Var { var, case });
+        }
+        if !lit.is_empty() {
+            parts.push(FormatPart::Literal(lit));
+        }
+        Ok(UsernameFormat(parts))
+    }
+
+    pub fn apply(&self, user: &str) -> String {
+        let (name, domain) = match user.split_once('@') {
+            Some((n, d)) => (n, d),
+            None => (user, ""),
+        };
+        let mut out = String::with_capacity(user.len());
+        for part in &self.0 {
+            match part {
+                FormatPart::Literal(s) => out.push_str(s),
+                FormatPart::Var { var, case } => {
+                    let v = match var {
+                        UserVar::User => user,
+                        UserVar::Name => name,
+                        UserVar::Domain => domain,
+                    };
+                    match case {
+                        Case::Keep => out.push_str(v),
+                        Case::Lower => out.push_str(&v.to_lowercase()),
+                        Case::Upper => out.push_str(&v.to_uppercase()),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Everything the settings file can say, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub path: PathBuf,
+    pub tokeninfo_url: Option<String>,
+    pub introspection_url: Option<String>,
+    pub introspection_mode: IntrospectionMode,
+    pub force_introspection: bool,
+    pub username_attribute: String,
+    pub username_format: UsernameFormat,
+    pub active_attribute: Option<String>,
+    pub active_value: Option<String>,
+    /// Every listed scope is required.
+    pub scope: Vec<String>,
+    /// When set, the token's `aud` must include one of these.
+    pub audience: Vec<String>,
+    /// When set, the token's `iss` (if the provider reports one) must be one of these.
+    pub issuers: Vec<String>,
+    pub openid_configuration_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    /// `pass_attrs` as (field, template) pairs.
+    pub pass_attrs: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_idle_time: Duration,
+    pub max_parallel_connections: usize,
+    pub tls_ca_cert_file: Option<PathBuf>,
+    pub tls_ca_cert_dir: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_allow_invalid_cert: bool,
+    pub debug: bool,
+    // Extensions of this module.
+    pub cache_ttl: Duration,
+    pub cache_negative_ttl: Duration,
+    pub cache_max_entries: u64,
+    /// Clock skew allowed on exp/nbf.
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    pub max_response_bytes: usize,
+    /// Notes for the admin (ignored Dovecot keys, loose permissions), logged once when loaded.
+    pub warnings: Vec<String>,
+}
+
+/// Dovecot's own timeout default is 0 ("no timeout"); a login must never wait that long.
+pub const DEFAULT_TIMEOUT_MSECS: u64 = 10_000;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            path: PathBuf::new(),
+            tokeninfo_url: None,
+            introspection_url: None,
+            introspection_mode: IntrospectionMode::Auth,
+            force_introspection: false,
+            username_attribute: "email".into(),
+            username_format: UsernameFormat::parse("%Lu").expect("default format"),
+            active_attribute: None,
+            active_value: None,
+            scope: Vec::new(),
+            audience: Vec::new(),
+            issuers: Vec::new(),
+            openid_configuration_url: None,
+            client_id: None,
+            client_secret: None,
+            pass_attrs: Vec::new(),
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MSECS),
+            connect_timeout: Duration::from_millis(3_000),
+            max_idle_time: Duration::from_millis(60_000),
+            max_parallel_connections: 1,
+            tls_ca_cert_file: None,
+            tls_ca_cert_dir: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_allow_invalid_cert: false,
+            debug: false,
+            cache_ttl: Duration::from_secs(300),
+            cache_negative_ttl: Duration::from_secs(30),
+            cache_max_entries: 100_000,
+            leeway: Duration::from_secs(60),
+            max_token_bytes: 16 * 1024,
+            max_response_bytes: 1024 * 1024,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Dovecot keys that this module accepts so an existing file keeps working, but does not act on.
+const IGNORED_DOVECOT_KEYS: &[(&str, &str)] = &[
+    ("max_pipelined_requests", "requests are not pipelined"),
+    ("rawlog_dir", "raw HTTP logs are not written (they would contain tokens)"),
+    ("tls_cipher_suite", "rustls uses its own secure cipher suites"),
+    ("send_auth_headers", "X-Dovecot-Auth-* headers are not sent"),
+    ("grant_url", "password grant is not supported (token logins only)"),
+];
+
+impl Settings {
+    /// Reads and checks a settings file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let text = String::from_utf8(text).map_err(|_| ConfigError::Read {
+            path: path.to_owned(),
+            reason: "not UTF-8".into(),
+        })?;
+        let mut s = Settings::parse(path, &text)?;
+        s.warn_about_permissions();
+        Ok(s)
+    }
+
+    /// Parses settings text; `path` is only used in messages and for `<file` values.
+    pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let mut s = Settings { path: path.to_owned(), ..Settings::default() };
+        let mut timeout_msecs: Option<u64> = None;
+        let mut connect_timeout_msecs: Option<u64> = None;
+        let mut key_lines: Vec<(String, usize)> = Vec::new();
+        for (idx, raw) in text.lines().enumerate() {
+            let line = idx + 1;
+            let Some((key, value)) = split_line(path, line, raw)? else { continue };
+            let value = resolve_value(path, line, &key, value)?;
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                key: key.clone(),
+                reason,
+            };
+            let opt = |v: &str| if v.is_empty() { None } else { Some(v.to_string()) };
+            let list = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+            match key.as_str() {
+                "tokeninfo_url" => s.tokeninfo_url = opt(&value),
+                "introspection_url" => s.introspection_url = opt(&value),
+                "introspection_mode" => {
+                    s.introspection_mode = match value.as_str() {
+                        "" | "auth" => IntrospectionMode::Auth,
+                        "get" => IntrospectionMode::Get,
+                        "post" => IntrospectionMode::Post,
+                        "local" => IntrospectionMode::Local,
+                        other => return Err(invalid(format!("'{other}' is not one of auth, get, post, local"))),
+                    }
+                }
+                "force_introspection" => s.force_introspection = parse_bool(&value).map_err(invalid)?,
+                "username_attribute" => {
+                    if value.is_empty() {
+                        return Err(invalid("must not be empty".into()));
+                    }
+                    s.username_attribute = value.clone();
+                }
+                "username_format" => {
+                    let v = if value.is_empty() { "%Lu" } else { value.as_str() };
+                    s.username_format = UsernameFormat::parse(v).map_err(invalid)?;
+                }
+                "active_attribute" => s.active_attribute = opt(&value),
+                "active_value" => s.active_value = opt(&value),
+                "scope" => s.scope = list(&value),
+                "audience" => s.audience = list(&value),
+                "issuers" => s.issuers = list(&value),
+                "openid_configuration_url" => s.openid_configuration_url = opt(&value),
+                "client_id" => s.client_id = opt(&value),
+                "client_secret" => s.client_secret = opt(&value),
+                "pass_attrs" => s.pass_attrs = parse_pass_attrs(&value).map_err(invalid)?,
+                "timeout_msecs" => timeout_msecs = Some(parse_uint(&value).map_err(invalid)?),
+                "max_idle_time_msecs" => s.max_idle_time = Duration::from_millis(parse_uint(&value).map_err(invalid)?),
+                "max_parallel_connections" => {
+                    s.max_parallel_connections = parse_uint(&value).map_err(invalid)?.max(1) as usize
+                }
+                "tls_ca_cert_file" => s.tls_ca_cert_file = opt(&value).map(PathBuf::from),
+                "tls_ca_cert_dir" => s.tls_ca_cert_dir = opt(&value).map(PathBuf::from),
+                "tls_cert_file" => s.tls_cert_file = opt(&value).map(PathBuf::from),
+                "tls_key_file" => s.tls_key_file = opt(&value).map(PathBuf::from),
+                "tls_allow_invalid_cert" => s.tls_allow_invalid_cert = parse_bool(&value).map_err(invalid)?,
+                "debug" => s.debug = parse_bool(&value).map_err(invalid)?,
+                "use_grant_password" => {
+                    if parse_bool(&value).map_err(invalid)? {
+                        return Err(invalid("password grant is not supported; this module validates tokens".into()));
+                    }
+                }
+                "local_validation_key_dict" => {
+                    if !value.is_empty() {
+                        return Err(invalid(
+                            "Dovecot key dictionaries are not read; use introspection_mode = local with \
+                             openid_configuration_url or jwks_url"
+                                .into(),
+                        ));
+                    }
+                }
+                "cache_ttl_secs" => s.cache_ttl = Duration::from_secs(parse_uint(&value).map_err(invalid)?),
+                "cache_negative_ttl_secs" => {
+                    s.cache_negative_ttl = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
+                }
+                "leeway_secs" => s.leeway = Duration::from_secs(parse_uint(&value).map_err(invalid)?),
+                "cache_max_entries" => s.cache_max_entries = parse_uint(&value).map_err(invalid)?,
+                "max_token_bytes" => {
+                    let n = parse_uint(&value).map_err(invalid)?;
+                    if !(64..=1024 * 1024).contains(&n) {
+                        return Err(invalid("must be between 64 and 1048576".into()));
+                    }
+                    s.max_token_bytes = n as usize;
+                }
+                "max_response_bytes" => {
+                    let n = parse_uint(&value).map_err(invalid)?;
+                    if !(1024..=64 * 1024 * 1024).contains(&n) {
+                        return Err(invalid("must be between 1024 and 67108864".into()));
+                    }
+                    s.max_response_bytes = n as usize;
+                }
+                "connect_timeout_msecs" => connect_timeout_msecs = Some(parse_uint(&value).map_err(invalid)?),
+                other => {
+                    if let Some((_, why)) = IGNORED_DOVECOT_KEYS.iter().find(|(k, _)| *k == other) {
+                        if !value.is_empty() {
+                            s.warnings.push(format!("{}: line {line}: {other} is ignored: {why}", path.display()));
+                        }
+                    } else {
+                        return Err(ConfigError::UnknownKey { path: path.to_owned(), line, key });
+                    }
+                }
+            }
+            key_lines.push((key, line));
+        }
+        let timeout = match timeout_msecs {
+            Some(0) | None => DEFAULT_TIMEOUT_MSECS,
+            Some(n) => n,
+        };
+        s.timeout = Duration::from_millis(timeout);
+        s.connect_timeout = Duration::from_millis(connect_timeout_msecs.unwrap_or(3_000).clamp(1, timeout));
+        s.check(&key_lines)?;
+        Ok(s)
+    }
+
+    /// Cross-key rules, checked after the whole file is read (as Dovecot does at start).
+    fn check(&self, key_lines: &[(String, usize)]) -> Result<(), ConfigError> {
+        let line_of = |k: &str| key_lines.iter().rev().find(|(key, _)| key == k).map(|(_, l)| *l).unwrap_or(0);
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            path: self.path.clone(),
+            line: line_of(key),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.introspection_mode == IntrospectionMode::Local {
+            return Err(invalid(
+                "introspection_mode",
+                "local JWT validation is not available in this version; use auth, get or post",
+            ));
+        }
+        if self.tokeninfo_url.is_none() && self.introspection_url.is_none() {
+            return Err(ConfigError::Incomplete {
+                path: self.path.clone(),
+                reason: "set introspection_url (userinfo or RFC 7662 endpoint) or tokeninfo_url".into(),
+            });
+        }
+        if self.active_value.is_some() && self.active_attribute.is_none() {
+            return Err(invalid("active_value", "active_attribute must be set too"));
+        }
+        for key in ["tokeninfo_url", "introspection_url", "openid_configuration_url"] {
+            let v = match key {
+                "tokeninfo_url" => &self.tokeninfo_url,
+                "introspection_url" => &self.introspection_url,
+                _ => &self.openid_configuration_url,
+            };
+            if let Some(url) = v {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(invalid(key, "must be an http:// or https:// URL"));
+                }
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(invalid("tls_cert_file", "tls_cert_file and tls_key_file go together"));
+        }
+        if self.introspection_mode == IntrospectionMode::Post
+            && self.client_secret.is_some()
+            && self.client_id.is_none()
+        {
+            return Err(invalid("client_secret", "client_id must be set too"));
+        }
+        Ok(())
+    }
+
+    fn warn_about_permissions(&mut self) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(meta) = std::fs::metadata(&self.path) {
+                if meta.mode() & 0o004 != 0 && self.client_secret.is_some() {
+                    self.warnings.push(format!(
+                        "{} holds client_secret and is readable by every local user; chmod 640 it",
+                        self.path.display()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Splits `key = value`, dropping comments the way Dovecot's settings reader does ('#' outside quotes).
+fn split_line(path: &Path, line: usize, raw: &str) -> Result<Option<(String, String)>, ConfigError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return Ok(None);
+    }
+    let mut end = trimmed.len();
+    let mut quote: Option<char> = None;
+    for (i, c) in trimmed.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let content = trimmed[..end].trim();
+    if content.starts_with('!') {
+        return Err(ConfigError::Syntax {
+            path: path.to_owned(),
+            line,
+            reason: format!("'{}' is not supported in this file", content.split_whitespace().next().unwrap_or("")),
+        });
+    }
+    let Some((key, value)) = content.split_once('=') else {
+        return Err(ConfigError::Syntax { path: path.to_owned(), line, reason: "expected 'key = value'".into() });
+    };
+    let key = key.trim();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(ConfigError::Syntax { path: path.to_owned(), line, reason: format!("bad key '{key}'") });
+    }
+    let mut value = value.trim();
+    if value.len() >= 2 && ((value.starts_with('"') && value.ends_with('"')) || (value.starts_with('\'') && value.ends_with('\''))) {
+        value = &value[1..value.len() - 1];
+    }
+    Ok(Some((key.to_string(), value.to_string())))
+}
+
+/// `key = <file` reads the value from a file (as Dovecot does), handy for client_secret.
+fn resolve_value(path: &Path, line: usize, key: &str, value: String) -> Result<String, ConfigError> {
+    let Some(file) = value.strip_prefix('<') else { return Ok(value) };
+    let file = Path::new(file.trim());
+    let file = if file.is_relative() { path.parent().unwrap_or(Path::new("/")).join(file) } else { file.to_owned() };
+    std::fs::read_to_string(&file).map(|s| s.trim().to_string()).map_err(|e| ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        key: key.to_string(),
+        reason: format!("cannot read {}: {e}", file.display()),
+    })
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "y" | "true" | "1" => Ok(true),
+        "no" | "n" | "false" | "0" | "" => Ok(false),
+        other => Err(format!("'{other}' is not yes or no")),
+    }
+}
+
+fn parse_uint(v: &str) -> Result<u64, String> {
+    v.parse::<u64>().map_err(|_| format!("'{v}' is not a whole number"))
+}
+
+/// `pass_attrs` is Dovecot's passdb-template syntax: space-separated `field=template` words
+/// (a bare `field` means `field=`).
+fn parse_pass_attrs(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for word in v.split_whitespace() {
+        let (k, t) = word.split_once('=').unwrap_or((word, ""));
+        if k.is_empty() {
+            return Err(format!("'{word}' has no field name"));
+        }
+        crate::claims::check_template(t)?;
+        out.push((k.to_string(), t.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(Path::new("/etc/dovecot/dovecot-oauth2.conf.ext"), text)
+    }
+
+    #[test]
+    fn dms_default_file_with_a_userinfo_url_is_accepted_with_dovecot_defaults() {
+        let s = parse("introspection_url = https://idp/userinfo\n# Dovecot defaults:\nintrospection_mode = auth\nusername_attribute = email\n").unwrap();
+        assert_eq!(s.introspection_mode, IntrospectionMode::Auth);
+        assert_eq!(s.username_attribute, "email");
+        assert_eq!(s.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MSECS));
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_file_line_and_key() {
+        let e = parse("introspection_url = https://idp/u\nintrospection_uri = x\n").unwrap_err();
+        assert_eq!(e.to_string(), "settings file /etc/dovecot/dovecot-oauth2.conf.ext line 2: unknown key 'introspection_uri'");
+    }
+
+    #[test]
+    fn bad_introspection_mode_names_the_line_and_key() {
+        let e = parse("introspection_url = https://idp/u\nintrospection_mode = bearer\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 2, ref key, .. } if key == "introspection_mode"), "{e}");
+    }
+
+    #[test]
+    fn a_file_without_any_endpoint_is_incomplete() {
+        assert!(matches!(parse("username_attribute = email\n"), Err(ConfigError::Incomplete { .. })));
+    }
+
+    #[test]
+    fn comments_and_quotes_follow_dovecot() {
+        let s = parse("introspection_url = \"https://idp/u#x\" # trailing comment\nscope = a b\n").unwrap();
+        assert_eq!(s.introspection_url.as_deref(), Some("https://idp/u#x"));
+        assert_eq!(s.scope, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn dovecot_keys_without_effect_are_accepted_with_a_warning() {
+        let s = parse("introspection_url = https://idp/u\nrawlog_dir = /tmp/raw\nmax_pipelined_requests = 1\n").unwrap();
+        assert_eq!(s.warnings.len(), 2);
+    }
+
+    #[test]
+    fn timeout_zero_means_the_bounded_default() {
+        let s = parse("introspection_url = https://idp/u\ntimeout_msecs = 0\n").unwrap();
+        assert_eq!(s.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MSECS));
+        let s = parse("introspection_url = https://idp/u\ntimeout_msecs = 1500\n").unwrap();
+        assert_eq!(s.timeout, Duration::from_millis(1500));
+        assert_eq!(s.connect_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn active_value_without_active_attribute_is_refused() {
+        assert!(parse("introspection_url = https://idp/u\nactive_value = true\n").is_err());
+    }
+
+    #[test]
+    fn pass_attrs_are_split_into_field_templates() {
+        let s = parse("introspection_url = https://idp/u\npass_attrs = proxy=y quota=%{oauth2:quota:1G} nodelay\n").unwrap();
+        assert_eq!(
+            s.pass_attrs,
+            vec![("proxy".into(), "y".into()), ("quota".into(), "%{oauth2:quota:1G}".into()), ("nodelay".into(), "".into())]
+        );
+    }
+
+    #[test]
+    fn value_from_file_reads_a_secret() {
+        let dir = std::env::temp_dir().join(format!("o2cfg{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
+        let s = Settings::parse(&dir.join("x.conf"), "introspection_url = https://idp/i\nintrospection_mode = post\nclient_id = dovecot\nclient_secret = <secret\n").unwrap();
+        assert_eq!(s.client_secret.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn username_format_default_lowercases_the_whole_user() {
+        let f = UsernameFormat::parse("%Lu").unwrap();
+        assert_eq!(f.apply("Alice@Example.TEST"), "alice@example.test");
+        assert_eq!(UsernameFormat::parse("%n").unwrap().apply("bob@x.test"), "bob");
+        assert_eq!(UsernameFormat::parse("%{username}@%Ld").unwrap().apply("Bob@X.Test"), "Bob@x.test");
+        assert!(UsernameFormat::parse("%r").is_err());
+    }
+
+    #[test]
+    fn local_mode_is_refused_until_keys_can_be_fetched() {
+        let e = parse("introspection_mode = local\ntokeninfo_url = https://x/\n").unwrap_err();
+        assert!(e.to_string().contains("introspection_mode"), "{e}");
+    }
+}

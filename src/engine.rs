@@ -1,0 +1,43 @@
+//! The per-process engine: one current-thread Tokio runtime, one HTTP client, one cache, built on the
+//! first login in an auth-worker. A current-thread runtime owns no threads: when Dovecot closes the
+//! Lua state and unloads the module, nothing of ours is left running.
+
+use crate::config::Settings;
+use crate::errors::ConfigError;
+use crate::lookup::{Authenticator, Outcome};
+use std::path::Path;
+
+pub struct Engine {
+    rt: tokio::runtime::Runtime,
+    auth: Authenticator,
+}
+
+impl Engine {
+    pub fn load(path: &Path) -> Result<Engine, ConfigError> {
+        Engine::new(Settings::load(path)?)
+    }
+
+    pub fn new(settings: Settings) -> Result<Engine, ConfigError> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+            ConfigError::Incomplete { path: settings.path.clone(), reason: format!("cannot start runtime: {e}") }
+        })?;
+        let auth = {
+            let _guard = rt.enter();
+            Authenticator::new(settings)?
+        };
+        Ok(Engine { rt, auth })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        self.auth.settings()
+    }
+
+    /// Verifies one login, blocking the calling thread (an auth-worker serves one login at a time).
+    pub fn verify(&self, user: &str, token: &[u8]) -> Outcome {
+        self.rt.block_on(self.auth.verify(user, token))
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+}

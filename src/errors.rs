@@ -1,0 +1,108 @@
+//! The error types of each boundary, and the one place where they become a Dovecot verdict.
+//!
+//! Three kinds of trouble reach a login, and users depend on telling them apart:
+//! a bad token ([`Rejection`], "authentication failed", counted by Fail2Ban), a provider or network
+//! problem ([`Unavailable`], "temporary failure", the client retries), and a broken settings file
+//! ([`ConfigError`], also a temporary failure: an admin mistake must not look like a wrong password).
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// A settings file that cannot be used. Every variant names the file, and the line and key when known.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("settings file {path}: cannot read: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("settings file {path} line {line}: {reason}")]
+    Syntax { path: PathBuf, line: usize, reason: String },
+    #[error("settings file {path} line {line}: unknown key '{key}'")]
+    UnknownKey { path: PathBuf, line: usize, key: String },
+    #[error("settings file {path} line {line}: {key}: {reason}")]
+    Invalid { path: PathBuf, line: usize, key: String, reason: String },
+    #[error("settings file {path}: {reason}")]
+    Incomplete { path: PathBuf, reason: String },
+}
+
+/// Why a token was refused. Shown in Dovecot's log (never with the token itself).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum Rejection {
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("token is {0} bytes, over max_token_bytes ({1})")]
+    TooLarge(usize, usize),
+    #[error("provider refused the token (HTTP {0})")]
+    ProviderRefused(u16),
+    #[error("provider says the token is not active")]
+    Inactive,
+    #[error("token expired {0} s ago")]
+    Expired(u64),
+    #[error("token is not valid yet (nbf {0} s in the future)")]
+    NotYetValid(u64),
+    #[error("provider reply has no '{0}' (username_attribute)")]
+    NoUsername(String),
+    #[error("token belongs to '{token_user}', not to login user '{login_user}'")]
+    WrongUser { token_user: String, login_user: String },
+    #[error("account is not active ({attribute} = '{value}')")]
+    AccountDisabled { attribute: String, value: String },
+    #[error("token lacks required scope '{0}'")]
+    MissingScope(String),
+    #[error("token audience does not include any of '{0}'")]
+    WrongAudience(String),
+    #[error("token issuer '{0}' is not accepted")]
+    WrongIssuer(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why no verdict could be reached now; the same login may succeed later.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum Unavailable {
+    #[error("provider unreachable at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("provider timed out after {msecs} ms at {url}")]
+    Timeout { url: String, msecs: u64 },
+    #[error("provider answered HTTP {status} at {url}")]
+    Status { url: String, status: u16 },
+    #[error("provider reply from {url} is unusable: {reason}")]
+    BadReply { url: String, reason: String },
+    #[error("{0}")]
+    Settings(#[from] ConfigError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What Dovecot is told. Mapped to `dovecot.auth.PASSDB_RESULT_*` by the Lua binding and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted; extra passdb fields from `pass_attrs`, in order.
+    Accept(Vec<(String, String)>),
+    /// PASSWORD_MISMATCH: the client sees "authentication failed".
+    Reject(Rejection),
+    /// INTERNAL_FAILURE: the client sees "temporary failure" and retries.
+    TempFail(Unavailable),
+}
+
+impl From<Result<Vec<(String, String)>, AuthError>> for Verdict {
+    fn from(r: Result<Vec<(String, String)>, AuthError>) -> Self {
+        match r {
+            Ok(fields) => Verdict::Accept(fields),
+            Err(AuthError::Rejected(r)) => Verdict::Reject(r),
+            Err(AuthError::Unavailable(u)) => Verdict::TempFail(u),
+        }
+    }
+}
+
+/// The engine's error for one login.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("{0}")]
+    Rejected(#[from] Rejection),
+    #[error("{0}")]
+    Unavailable(#[from] Unavailable),
+}
+
+impl From<ConfigError> for AuthError {
+    fn from(e: ConfigError) -> Self {
+        AuthError::Unavailable(Unavailable::Settings(e))
+    }
+}

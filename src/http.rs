@@ -1,0 +1,154 @@
+//! One HTTP client per process: keep-alive pooled, rustls, bounded in time and size, no redirects,
+//! no proxy from the environment, and a resolver that runs on the calling thread (so the module
+//! never owns a thread that could outlive Dovecot unloading it).
+
+use crate::config::Settings;
+use crate::errors::{ConfigError, Unavailable};
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Http {
+    client: reqwest::Client,
+    max_body: usize,
+    timeout: Duration,
+}
+
+/// A provider reply, body already read within the size cap.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+/// getaddrinfo on the request's own thread: an auth-worker serves one login at a time, so this
+/// blocks nothing else, and unlike tokio's default resolver it leaves no blocking-pool thread behind.
+struct InlineResolver;
+
+impl reqwest::dns::Resolve for InlineResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<_> = (host.as_str(), 0).to_socket_addrs()?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+impl Http {
+    pub fn new(s: &Settings) -> Result<Http, ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid { path: s.path.clone(), line: 0, key: key.into(), reason };
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("dovecot-oauth2/", env!("CARGO_PKG_VERSION")))
+            .timeout(s.timeout)
+            .connect_timeout(s.connect_timeout)
+            .pool_idle_timeout(s.max_idle_time)
+            .pool_max_idle_per_host(s.max_parallel_connections)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .dns_resolver(Arc::new(InlineResolver))
+            .tls_danger_accept_invalid_certs(s.tls_allow_invalid_cert);
+        let mut roots = Vec::new();
+        if let Some(file) = &s.tls_ca_cert_file {
+            let pem = std::fs::read(file).map_err(|e| bad("tls_ca_cert_file", format!("{}: {e}", file.display())))?;
+            roots.extend(
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| bad("tls_ca_cert_file", format!("{}: {e}", file.display())))?,
+            );
+        }
+        if let Some(dir) = &s.tls_ca_cert_dir {
+            let entries = std::fs::read_dir(dir).map_err(|e| bad("tls_ca_cert_dir", format!("{}: {e}", dir.display())))?;
+            for entry in entries.flatten() {
+                if let Ok(pem) = std::fs::read(entry.path()) {
+                    roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
+                }
+            }
+        }
+        if !roots.is_empty() {
+            b = b.tls_certs_merge(roots);
+        }
+        if let (Some(cert), Some(key)) = (&s.tls_cert_file, &s.tls_key_file) {
+            let mut pem = std::fs::read(cert).map_err(|e| bad("tls_cert_file", format!("{}: {e}", cert.display())))?;
+            pem.extend(std::fs::read(key).map_err(|e| bad("tls_key_file", format!("{}: {e}", key.display())))?);
+            b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad("tls_cert_file", e.to_string()))?);
+        }
+        let client = b.build().map_err(|e| bad("tls_ca_cert_file", e.to_string()))?;
+        Ok(Http { client, max_body: s.max_response_bytes, timeout: s.timeout })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends a request and reads at most `max_response_bytes` of its body, all within `timeout`.
+    /// `shown_url` is what errors name: the configured URL without credentials or query.
+    pub async fn send(&self, req: reqwest::RequestBuilder, shown_url: &str) -> Result<Reply, Unavailable> {
+        let started = Instant::now();
+        let url = redact_url(shown_url);
+        let work = async {
+            let mut resp = req.send().await.map_err(|e| classify(e, &url, self.timeout))?;
+            let status = resp.status().as_u16();
+            if resp.content_length().is_some_and(|n| n > self.max_body as u64) {
+                return Err(Unavailable::BadReply { url: url.clone(), reason: format!("body over {} bytes", self.max_body) });
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, &url, self.timeout))? {
+                if body.len() + chunk.len() > self.max_body {
+                    return Err(Unavailable::BadReply { url: url.clone(), reason: format!("body over {} bytes", self.max_body) });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Reply { status, body, elapsed: started.elapsed() })
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Unavailable::Timeout { url, msecs: self.timeout.as_millis() as u64 }),
+        }
+    }
+}
+
+fn classify(e: reqwest::Error, url: &str, timeout: Duration) -> Unavailable {
+    // The URL may carry the token (tokeninfo, get mode): never let reqwest print it.
+    let e = e.without_url();
+    if e.is_timeout() {
+        return Unavailable::Timeout { url: url.into(), msecs: timeout.as_millis() as u64 };
+    }
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    Unavailable::Unreachable { url: url.into(), reason }
+}
+
+/// A URL as logs may show it: no `user:password@`, no query string.
+pub fn redact_url(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or(url);
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if path.is_empty() && !rest.contains('/') {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            }
+        }
+        None => no_query.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_url_drops_credentials_and_query() {
+        assert_eq!(redact_url("https://id:secret@idp.test/introspect?x=1"), "https://idp.test/introspect");
+        assert_eq!(redact_url("https://idp.test/tokeninfo?access_token="), "https://idp.test/tokeninfo");
+        assert_eq!(redact_url("http://127.0.0.1:9"), "http://127.0.0.1:9");
+    }
+}

@@ -1,0 +1,24 @@
+//! dovecot-oauth2: validate OAuth2 bearer tokens for Dovecot 2.3's Lua passdb.
+//!
+//! The engine (settings, token, provider modes, rules, cache, HTTP) is plain Rust and is tested without
+//! Lua; the `lua` feature adds the small binding Dovecot loads with `require "dovecot_oauth2"`.
+
+pub mod cache;
+pub mod claims;
+pub mod config;
+pub mod engine;
+pub mod errors;
+pub mod http;
+pub mod lookup;
+pub mod provider;
+pub mod token;
+
+#[cfg(feature = "lua")]
+mod lua;
+
+#[cfg(test)]
+mod testutil;
+
+pub use config::Settings;
+pub use engine::Engine;
+pub use errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};

@@ -1,0 +1,290 @@
+//! One login: token checks, cache, provider, rules. Built once per process from [`Settings`];
+//! `verify` is the per-request path.
+
+use crate::cache::{Entry, Source, VerdictCache};
+use crate::claims;
+use crate::config::Settings;
+use crate::errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};
+use crate::http::Http;
+use crate::provider;
+use crate::token::{fingerprint, Token};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub struct Authenticator {
+    settings: Settings,
+    http: Http,
+    cache: VerdictCache,
+}
+
+/// A verdict with what an admin needs to understand it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// None when the token was refused before the cache (malformed, too large).
+    pub source: Option<Source>,
+    /// `sha256:xxxxxxxx` of the token: the only trace of it that may be logged.
+    pub fingerprint: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The log line for a refusal or a temporary failure; None for an acceptance.
+    pub fn log_line(&self) -> Option<String> {
+        let how = match self.source {
+            Some(Source::Cache) => ", cached verdict",
+            _ => "",
+        };
+        match &self.verdict {
+            Verdict::Accept(_) => None,
+            Verdict::Reject(r) => Some(format!("dovecot-oauth2: authentication failed: {r} (token {}{how})", self.fingerprint)),
+            Verdict::TempFail(u) => Some(format!("dovecot-oauth2: temporary failure: {u} (token {})", self.fingerprint)),
+        }
+    }
+
+    /// A debug line for an acceptance.
+    pub fn accept_line(&self, user: &str) -> String {
+        let how = match self.source {
+            Some(Source::Cache) => "from cache".to_string(),
+            _ => format!("by provider in {} ms", self.elapsed.as_millis()),
+        };
+        format!("dovecot-oauth2: accepted {user} (token {}, {how})", self.fingerprint)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Authenticator {
+    pub fn new(settings: Settings) -> Result<Authenticator, ConfigError> {
+        let http = Http::new(&settings)?;
+        let cache = VerdictCache::new(if settings.cache_ttl.is_zero() { 0 } else { settings.cache_max_entries });
+        Ok(Authenticator { settings, http, cache })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn cache(&self) -> &VerdictCache {
+        &self.cache
+    }
+
+    pub async fn verify(&self, login_user: &str, raw_token: &[u8]) -> Outcome {
+        let started = Instant::now();
+        let (verdict, source) = match self.decide(login_user, raw_token).await {
+            Ok((fields, source)) => (Verdict::Accept(fields), Some(source)),
+            Err((e, source)) => (Verdict::from(Err(e)), source),
+        };
+        Outcome { verdict, source, fingerprint: fingerprint(raw_token), elapsed: started.elapsed() }
+    }
+
+    async fn decide(
+        &self,
+        login_user: &str,
+        raw: &[u8],
+    ) -> Result<(Vec<(String, String)>, Source), (AuthError, Option<Source>)> {
+        let token = Token::parse(raw, self.settings.max_token_bytes).map_err(|r| (r.into(), None))?;
+        let key = VerdictCache::key(login_user, raw);
+        let (entry, source) = self
+            .cache
+            .get_or_load(key, self.load(login_user, token))
+            .await
+            .map_err(|u| (u.into(), Some(Source::Provider)))?;
+        match &entry.verdict {
+            Ok(identity) => Ok((identity.fields.clone(), source)),
+            Err(r) => Err((r.clone().into(), Some(source))),
+        }
+    }
+
+    /// Asks the provider and applies the rules; decides how long the verdict may be reused.
+    async fn load(&self, login_user: &str, token: Token<'_>) -> Result<Entry, Unavailable> {
+        let s = &self.settings;
+        let negative = |r: Rejection| Ok(Entry { verdict: Err(r), ttl: s.cache_negative_ttl });
+        let claims = match provider::fetch_claims(&self.http, s, token).await {
+            Ok(c) => c,
+            Err(AuthError::Rejected(r)) => return negative(r),
+            Err(AuthError::Unavailable(u)) => return Err(u),
+        };
+        let now = unix_now();
+        match claims::check(s, &claims, login_user, now) {
+            Ok(identity) => {
+                let exp = identity.expires_at.or_else(|| token.unverified_jwt_exp());
+                let ttl = match exp {
+                    Some(exp) => s.cache_ttl.min(Duration::from_secs(exp.saturating_sub(now))),
+                    None => s.cache_ttl,
+                };
+                Ok(Entry { verdict: Ok(identity), ttl })
+            }
+            Err(r) => negative(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Canned, TestServer};
+    use std::path::Path;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    fn auth(extra: &str, url: &str) -> Authenticator {
+        let text = format!("introspection_url = {url}\n{extra}");
+        Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn userinfo_reply_with_the_login_users_email_accepts() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"alice@example.test","sub":"1"}"#)).await;
+            let a = auth("", &srv.url("/userinfo"));
+            let o = a.verify("alice@example.test", b"tok-1").await;
+            assert_eq!(o.verdict, Verdict::Accept(vec![]));
+            let req = srv.requests().pop().unwrap();
+            assert!(req.contains("authorization: Bearer tok-1") || req.contains("Authorization: Bearer tok-1"), "{req}");
+        });
+    }
+
+    #[test]
+    fn userinfo_401_rejects_and_the_log_line_hides_the_token() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(401, "{}")).await;
+            let a = auth("", &srv.url("/userinfo"));
+            let o = a.verify("alice@example.test", b"secret-token").await;
+            assert_eq!(o.verdict, Verdict::Reject(Rejection::ProviderRefused(401)));
+            let line = o.log_line().unwrap();
+            assert!(!line.contains("secret-token") && line.contains("sha256:"), "{line}");
+        });
+    }
+
+    #[test]
+    fn provider_5xx_is_a_temporary_failure() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(503, "{}")).await;
+            let o = auth("", &srv.url("/userinfo")).verify("a@x", b"t").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Status { status: 503, .. })));
+        });
+    }
+
+    #[test]
+    fn unreachable_provider_is_a_temporary_failure() {
+        rt().block_on(async {
+            let port = TestServer::closed_port();
+            let o = auth("", &format!("http://127.0.0.1:{port}/userinfo")).verify("a@x", b"t").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Unreachable { .. })), "{:?}", o.verdict);
+        });
+    }
+
+    #[test]
+    fn slow_provider_times_out_as_a_temporary_failure() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, "{}").delayed(Duration::from_millis(2000))).await;
+            let started = Instant::now();
+            let o = auth("timeout_msecs = 300\n", &srv.url("/userinfo")).verify("a@x", b"t").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Timeout { .. })), "{:?}", o.verdict);
+            assert!(started.elapsed() < Duration::from_millis(1500));
+        });
+    }
+
+    #[test]
+    fn oversized_reply_is_a_temporary_failure() {
+        rt().block_on(async {
+            let big = format!("{{\"email\":\"a@x\",\"pad\":\"{}\"}}", "x".repeat(4096));
+            let srv = TestServer::start(Canned::json(200, &big)).await;
+            let o = auth("max_response_bytes = 1024\n", &srv.url("/u")).verify("a@x", b"t").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::BadReply { .. })), "{:?}", o.verdict);
+        });
+    }
+
+    #[test]
+    fn cached_acceptance_survives_the_provider_going_down() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#)).await;
+            let a = auth("", &srv.url("/u"));
+            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
+            srv.stop().await;
+            let o = a.verify("a@x", b"t").await;
+            assert!(matches!(o.verdict, Verdict::Accept(_)));
+            assert_eq!(o.source, Some(Source::Cache));
+            assert!(matches!(a.verify("a@x", b"other").await.verdict, Verdict::TempFail(_)));
+        });
+    }
+
+    #[test]
+    fn cached_acceptance_is_per_user() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#)).await;
+            let a = auth("", &srv.url("/u"));
+            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
+            assert!(matches!(a.verify("b@x", b"t").await.verdict, Verdict::Reject(Rejection::WrongUser { .. })));
+        });
+    }
+
+    #[test]
+    fn rejection_is_cached_for_the_negative_ttl_only() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(401, "{}")).await;
+            let a = auth("cache_negative_ttl_secs = 1\n", &srv.url("/u"));
+            a.verify("a@x", b"t").await;
+            a.verify("a@x", b"t").await;
+            assert_eq!(srv.requests().len(), 1);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            a.verify("a@x", b"t").await;
+            assert_eq!(srv.requests().len(), 2);
+        });
+    }
+
+    #[test]
+    fn acceptance_is_not_cached_past_the_tokens_exp() {
+        rt().block_on(async {
+            let exp = unix_now() + 1;
+            let srv = TestServer::start(Canned::json(200, &format!(r#"{{"email":"a@x","exp":{exp},"active":true}}"#))).await;
+            let a = auth("introspection_mode = post\nleeway_secs = 0\n", &srv.url("/i"));
+            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
+            tokio::time::sleep(Duration::from_millis(2100)).await;
+            let o = a.verify("a@x", b"t").await;
+            assert_eq!(o.source, Some(Source::Provider));
+            assert!(matches!(o.verdict, Verdict::Reject(Rejection::Expired(_))), "{:?}", o.verdict);
+        });
+    }
+
+    #[test]
+    fn post_mode_sends_rfc7662_form_with_client_credentials() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"active":true,"email":"a@x"}"#)).await;
+            let a = auth("introspection_mode = post\nclient_id = dovecot\nclient_secret = s3cret\n", &srv.url("/introspect"));
+            assert!(matches!(a.verify("a@x", b"tok+/=").await.verdict, Verdict::Accept(_)));
+            let req = srv.requests().pop().unwrap();
+            assert!(req.starts_with("POST /introspect"), "{req}");
+            assert!(req.to_lowercase().contains("authorization: basic ZG92ZWNvdDpzM2NyZXQ=".to_lowercase().as_str()), "{req}");
+            assert!(req.ends_with("token=tok%2B%2F%3D&token_type_hint=access_token"), "{req}");
+        });
+    }
+
+    #[test]
+    fn malformed_token_never_reaches_the_provider() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#)).await;
+            let a = auth("", &srv.url("/u"));
+            let o = a.verify("a@x", b"bad token\0").await;
+            assert!(matches!(o.verdict, Verdict::Reject(Rejection::Malformed(_))));
+            assert!(srv.requests().is_empty());
+        });
+    }
+
+    #[test]
+    fn pass_attrs_are_returned_with_the_acceptance() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x","quota":"2G"}"#)).await;
+            let a = auth("pass_attrs = userdb_quota_rule=*:storage=%{oauth2:quota} proxy=y\n", &srv.url("/u"));
+            let o = a.verify("a@x", b"t").await;
+            assert_eq!(
+                o.verdict,
+                Verdict::Accept(vec![("userdb_quota_rule".into(), "*:storage=2G".into()), ("proxy".into(), "y".into())])
+            );
+        });
+    }
+}

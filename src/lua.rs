@@ -1,0 +1,145 @@
+//! The Lua binding: `require "dovecot_oauth2"` returns `{ new = function(settings_path), version }`;
+//! `validator:verify(req, token)` returns what `auth_password_verify` must return.
+//!
+//! Loading does nothing but build this table: Dovecot loads the script in the main auth process (as
+//! dovecot) and in every worker (as root), so settings are read, and the runtime, client and cache
+//! built, on a worker's first login. This file is the one place where verdicts become Dovecot's
+//! PASSDB_RESULT_* codes.
+
+use crate::engine::Engine;
+use crate::errors::{Unavailable, Verdict};
+use mlua::prelude::*;
+use mlua::ObjectLike;
+use once_cell::sync::OnceCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+struct Validator {
+    path: PathBuf,
+    /// Built on first use; a failed build is not kept, so a fixed settings file takes effect.
+    engine: OnceCell<Engine>,
+}
+
+/// Dovecot's result codes, read from the `dovecot.auth` table it gives the script.
+struct Codes {
+    ok: i64,
+    mismatch: i64,
+    internal: i64,
+}
+
+impl Codes {
+    fn read(lua: &Lua) -> LuaResult<Codes> {
+        let auth: LuaTable = lua.globals().get::<LuaTable>("dovecot")?.get("auth")?;
+        Ok(Codes {
+            ok: auth.get("PASSDB_RESULT_OK")?,
+            mismatch: auth.get("PASSDB_RESULT_PASSWORD_MISMATCH")?,
+            internal: auth.get("PASSDB_RESULT_INTERNAL_FAILURE")?,
+        })
+    }
+}
+
+fn req_log(req: &LuaValue, level: &str, msg: &str) -> LuaResult<()> {
+    match req {
+        LuaValue::Table(t) => t.call_method(level, msg),
+        LuaValue::UserData(u) => u.call_method(level, msg),
+        _ => Ok(()),
+    }
+}
+
+fn req_get_string(req: &LuaValue, field: &str) -> LuaResult<String> {
+    let v: Option<String> = match req {
+        LuaValue::Table(t) => t.get(field)?,
+        LuaValue::UserData(u) => u.get(field)?,
+        _ => None,
+    };
+    Ok(v.unwrap_or_default())
+}
+
+fn req_var_expand(req: &LuaValue, template: &str) -> LuaResult<String> {
+    match req {
+        LuaValue::Table(t) => t.call_method("var_expand", template),
+        LuaValue::UserData(u) => u.call_method("var_expand", template),
+        _ => Ok(template.to_string()),
+    }
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl Validator {
+    fn engine(&self, req: &LuaValue) -> Result<&Engine, Unavailable> {
+        if let Some(e) = self.engine.get() {
+            return Ok(e);
+        }
+        let built = catch_unwind(AssertUnwindSafe(|| Engine::load(&self.path)))
+            .map_err(|p| Unavailable::Internal(format!("panic while loading settings: {}", panic_text(p))))??;
+        for w in &built.settings().warnings {
+            let _ = req_log(req, "log_warning", &format!("dovecot-oauth2: {w}"));
+        }
+        Ok(self.engine.get_or_init(|| built))
+    }
+
+    fn verify(&self, lua: &Lua, req: LuaValue, token: LuaString) -> LuaResult<(i64, LuaValue)> {
+        let codes = Codes::read(lua)?;
+        let user = req_get_string(&req, "user")?;
+        let token = token.as_bytes();
+        let outcome = match self.engine(&req) {
+            Ok(engine) => catch_unwind(AssertUnwindSafe(|| engine.verify(&user, &token)))
+                .map_err(|p| Unavailable::Internal(format!("panic: {}", panic_text(p)))),
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(u) => {
+                let msg = format!("dovecot-oauth2: temporary failure: {u}");
+                return Ok((codes.internal, LuaValue::String(lua.create_string(&msg)?)));
+            }
+        };
+        let debug = self.engine.get().is_some_and(|e| e.settings().debug);
+        match &outcome.verdict {
+            Verdict::Accept(fields) => {
+                if debug {
+                    req_log(&req, "log_info", &outcome.accept_line(&user))?;
+                }
+                let t = lua.create_table()?;
+                for (k, v) in fields {
+                    let v = if v.contains('%') { req_var_expand(&req, v)? } else { v.clone() };
+                    t.set(k.as_str(), v)?;
+                }
+                Ok((codes.ok, LuaValue::Table(t)))
+            }
+            Verdict::Reject(_) => {
+                let line = outcome.log_line().unwrap_or_default();
+                req_log(&req, "log_info", &line)?;
+                Ok((codes.mismatch, LuaValue::String(lua.create_string("invalid token")?)))
+            }
+            Verdict::TempFail(_) => {
+                // Dovecot logs an INTERNAL_FAILURE's message itself ("passdb-lua: ..."): logged once.
+                let line = outcome.log_line().unwrap_or_default();
+                Ok((codes.internal, LuaValue::String(lua.create_string(&line)?)))
+            }
+        }
+    }
+}
+
+impl LuaUserData for Validator {
+    fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("verify", |lua, this, (req, token): (LuaValue, LuaString)| this.verify(lua, req, token));
+        methods.add_method("settings_path", |_, this, ()| Ok(this.path.display().to_string()));
+    }
+}
+
+#[mlua::lua_module(name = "dovecot_oauth2")]
+fn dovecot_oauth2(lua: &Lua) -> LuaResult<LuaTable> {
+    let module = lua.create_table()?;
+    module.set(
+        "new",
+        lua.create_function(|_, path: String| Ok(Validator { path: PathBuf::from(path), engine: OnceCell::new() }))?,
+    )?;
+    module.set("version", env!("CARGO_PKG_VERSION"))?;
+    Ok(module)
+}
