@@ -1,0 +1,131 @@
+"""Fixtures for the end-to-end suite: the real oidc-provider, the built module, and private Dovecot +
+Postfix stacks on loopback. Every token the IdP issues and every client secret is recorded, and at the
+end of the session no log written by the suite may contain any of them."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from idp import IdP  # noqa: E402
+from mailstack import MailStack  # noqa: E402
+
+LUA_SCRIPT = os.path.join(ROOT, "lua", "dovecot-oauth2.lua")
+BUILT_MODULE = os.path.join(ROOT, "target", "release", "libdovecot_oauth2.so")
+
+ISSUED_TOKENS: list[str] = []
+SECRETS = ["dovecot-secret", "mail-client-secret"]
+
+
+@pytest.fixture(scope="session")
+def workroot():
+    d = tempfile.mkdtemp(prefix="o2e2e-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    if os.environ.get("KEEP_E2E_DIR"):
+        print(f"\ne2e files kept in {d}")
+    else:
+        _check_logs_hold_no_secrets(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _check_logs_hold_no_secrets(root: str) -> None:
+    leaks = []
+    for path in glob.glob(os.path.join(root, "**", "*.log"), recursive=True) + glob.glob(
+        os.path.join(root, "**", "*.stdout"), recursive=True
+    ):
+        if os.path.basename(path) == "idp.log":
+            continue  # the IdP's own log is not ours
+        text = open(path, errors="replace").read()
+        for t in ISSUED_TOKENS:
+            if t in text:
+                leaks.append(f"{path}: token {t[:6]}...")
+        for s in SECRETS:
+            if s in text:
+                leaks.append(f"{path}: secret {s[:3]}...")
+    assert not leaks, "tokens or secrets in logs:\n" + "\n".join(leaks)
+
+
+@pytest.fixture(scope="session")
+def module_dir(workroot):
+    """The built module, installed under the name `require "dovecot_oauth2"` looks for."""
+    if not os.path.exists(BUILT_MODULE):
+        pytest.fail(f"{BUILT_MODULE} missing: run `cargo build --release` first (tests/run.sh does)")
+    d = os.path.join(workroot, "lib")
+    os.makedirs(d, exist_ok=True)
+    shutil.copy(BUILT_MODULE, os.path.join(d, "dovecot_oauth2.so"))
+    return d
+
+
+class RecordingIdP(IdP):
+    def token_response(self, *a, **kw):
+        r = super().token_response(*a, **kw)
+        ISSUED_TOKENS.append(r["access_token"])
+        return r
+
+
+@pytest.fixture(scope="session")
+def idp(workroot):
+    p = RecordingIdP(os.path.join(workroot, "idp"))
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def live_idp(idp):
+    """The IdP, guaranteed running (a test may stop it; it is started again afterwards)."""
+    if not idp.running:
+        idp.start()
+    yield idp
+    if not idp.running:
+        idp.start()
+
+
+def userinfo_settings(idp, extra: str = "") -> str:
+    return (
+        f"introspection_url = {idp.userinfo_url}\n"
+        "introspection_mode = auth\n"
+        "username_attribute = email\n" + extra
+    )
+
+
+def introspection_settings(idp, extra: str = "") -> str:
+    return (
+        f"introspection_url = {idp.introspection_url}\n"
+        "introspection_mode = post\n"
+        "client_id = dovecot\n"
+        "client_secret = dovecot-secret\n"
+        "username_attribute = email\n" + extra
+    )
+
+
+@pytest.fixture
+def make_stack(workroot, module_dir, request):
+    """make_stack(settings_text, **MailStack kwargs) -> a started stack, stopped after the test."""
+    stacks = []
+
+    def make(settings: str, **kw) -> MailStack:
+        d = tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=workroot)
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "dovecot-oauth2.conf.ext")
+        with open(path, "w") as f:
+            f.write(settings)
+        os.chmod(path, kw.pop("settings_mode", 0o640))
+        s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir, **kw)
+        stacks.append(s)
+        s.start()
+        return s
+
+    yield make
+    for s in stacks:
+        s.stop()
