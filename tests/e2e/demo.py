@@ -1,0 +1,88 @@
+"""The demo: a real OpenID provider, a real Dovecot 2.3 with the module, a real Postfix submission
+service, all on loopback; a user signs in through the provider and logs in over IMAP and SMTP with the
+access token. Prints what happened, then stops everything. Run through tests/demo.sh."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import shutil
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from idp import IdP  # noqa: E402
+from mailstack import MailStack  # noqa: E402
+
+
+def fp(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def show(label: str, r) -> None:
+    verdict = "OK  " if r.ok else ("TEMP" if r.tempfail else "FAIL")
+    print(f"  [{verdict}] {label:<48} server said: {r.text.strip()[:70]}")
+
+
+def main() -> int:
+    work = tempfile.mkdtemp(prefix="o2demo-", dir="/tmp")
+    os.chmod(work, 0o755)
+    lib = os.path.join(work, "lib")
+    os.makedirs(lib)
+    shutil.copy(os.path.join(ROOT, "target/release/libdovecot_oauth2.so"), os.path.join(lib, "dovecot_oauth2.so"))
+    idp = IdP(os.path.join(work, "idp"))
+    stack = None
+    try:
+        print("1. Starting the identity provider (oidc-provider) ...")
+        idp.start()
+        print(f"   issuer {idp.issuer}, userinfo {idp.userinfo_url}")
+        settings = os.path.join(work, "dovecot-oauth2.conf.ext")
+        with open(settings, "w") as f:
+            f.write(f"introspection_url = {idp.userinfo_url}\nintrospection_mode = auth\nusername_attribute = email\n")
+        os.chmod(settings, 0o640)
+        print("2. Starting Dovecot 2.3 (Lua passdb + dovecot_oauth2.so) and Postfix submission ...")
+        stack = MailStack(os.path.join(work, "stack"), lua_script=os.path.join(ROOT, "lua/dovecot-oauth2.lua"),
+                          settings_file=settings, module_dir=lib)
+        stack.start()
+        print(f"   IMAP 127.0.0.1:{stack.imap_port}, submission (Postfix) 127.0.0.1:{stack.submission_port}")
+        print("   settings file:")
+        for line in open(settings):
+            print("     " + line.rstrip())
+        print("3. alice signs in at the provider (authorization-code flow) and gets an access token ...")
+        alice = idp.token("alice")
+        bob = idp.token("bob")
+        print(f"   alice's token: {len(alice)} characters, {fp(alice)} (tokens are never printed or logged)")
+        mark = stack.log_mark()
+        print("4. Logins:")
+        show("IMAP AUTHENTICATE OAUTHBEARER as alice", stack.imap_login("alice@example.test", alice, "OAUTHBEARER"))
+        show("IMAP AUTHENTICATE XOAUTH2 as alice", stack.imap_login("alice@example.test", alice, "XOAUTH2"))
+        show("SMTP submission AUTH OAUTHBEARER as alice", stack.smtp_login("alice@example.test", alice, "OAUTHBEARER"))
+        show("SMTP submission AUTH XOAUTH2 as alice", stack.smtp_login("alice@example.test", alice, "XOAUTH2"))
+        show("IMAP as alice with bob's token (must fail)", stack.imap_login("alice@example.test", bob, "XOAUTH2"))
+        show("IMAP as alice with a made-up token (must fail)", stack.imap_login("alice@example.test", "made-up-token-123", "XOAUTH2"))
+        print("5. What Dovecot logged:")
+        time.sleep(1.0)  # Dovecot's log writer is asynchronous
+        for line in stack.log_since(mark).splitlines():
+            if "Login:" in line or "dovecot-oauth2" in line:
+                line = re.sub(r"conn unix:auth-worker \(pid=\d+,uid=\d+\): auth-worker<\d+>: ", "", line)
+                print("   " + line[:230])
+        stats = idp.stats()
+        print(f"6. Provider requests made by the module: userinfo {stats.get('/me', 0)} "
+              f"(6 logins, 3 tokens: a token seen before is answered from the module's cache)")
+        return 0
+    finally:
+        if stack:
+            stack.stop()
+        idp.stop()
+        if not os.environ.get("KEEP_DEMO_DIR"):
+            shutil.rmtree(work, ignore_errors=True)
+        print("Stopped the provider, Dovecot and Postfix.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
