@@ -63,9 +63,15 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
             return Err(Rejection::NotYetValid(nbf - now));
         }
     }
+    // A token minted in the future means a clock far off or a forged token.
+    if let Some(iat) = claim_u64(claims, "iat") {
+        if iat > now + leeway {
+            return Err(Rejection::IssuedInFuture(iat - now));
+        }
+    }
     if !settings.issuers.is_empty() {
         if let Some(iss) = claim_text(claims, "iss") {
-            if !settings.issuers.iter().any(|i| *i == iss) {
+            if !settings.issuers.contains(&iss) {
                 return Err(Rejection::WrongIssuer(iss));
             }
         }
@@ -77,8 +83,12 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
         }
     }
     if !settings.scope.is_empty() {
+        // JWTs carry `scope` as a space-separated string (RFC 9068) or, from Entra ID, as `scp`.
         // Dovecot 2.3 falls back to `aud` when a reply has no `scope`; kept for compatibility.
-        let have = claim_text(claims, "scope").or_else(|| claim_text(claims, "aud")).unwrap_or_default();
+        let have = claim_text(claims, "scope")
+            .or_else(|| claim_text(claims, "scp"))
+            .or_else(|| claim_text(claims, "aud"))
+            .unwrap_or_default();
         let have: Vec<&str> = have.split_whitespace().collect();
         if let Some(missing) = settings.scope.iter().find(|s| !have.contains(&s.as_str())) {
             return Err(Rejection::MissingScope(missing.clone()));
@@ -202,6 +212,21 @@ mod tests {
     fn not_yet_valid_reply_is_rejected() {
         let s = settings("leeway_secs = 0\n");
         assert!(matches!(check(&s, &claims(json!({"nbf": NOW + 100, "email": "a@x"})), "a@x", NOW), Err(Rejection::NotYetValid(100))));
+    }
+
+    #[test]
+    fn iat_in_the_future_beyond_the_leeway_is_rejected() {
+        let s = settings("leeway_secs = 10\n");
+        assert!(check(&s, &claims(json!({"iat": NOW + 10, "email": "a@x"})), "a@x", NOW).is_ok());
+        assert_eq!(check(&s, &claims(json!({"iat": NOW + 11, "email": "a@x"})), "a@x", NOW).unwrap_err(), Rejection::IssuedInFuture(11));
+    }
+
+    #[test]
+    fn scope_may_be_an_array_or_entra_scp() {
+        let s = settings("scope = mail\n");
+        assert!(check(&s, &claims(json!({"scope": ["openid", "mail"], "email": "a@x"})), "a@x", NOW).is_ok());
+        assert!(check(&s, &claims(json!({"scp": "mail.read mail", "email": "a@x"})), "a@x", NOW).is_ok());
+        assert!(check(&s, &claims(json!({"scp": "mail.read", "email": "a@x"})), "a@x", NOW).is_err());
     }
 
     #[test]

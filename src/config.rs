@@ -14,7 +14,9 @@ pub enum IntrospectionMode {
     Get,
     /// RFC 7662: POST `token=<token>` with client credentials.
     Post,
-    /// Validate JWTs in the module (needs keys; see `openid_configuration_url` / `jwks_url`).
+    /// Validate JWT access tokens in the module, with no provider round trip per login. Keys come from
+    /// `openid_configuration_url` and/or `jwks_url`. Opaque (non-JWT) tokens go to `introspection_url`
+    /// (or `tokeninfo_url`) when one is set, and are refused otherwise.
     Local,
 }
 
@@ -132,9 +134,13 @@ pub struct Settings {
     pub scope: Vec<String>,
     /// When set, the token's `aud` must include one of these.
     pub audience: Vec<String>,
-    /// When set, the token's `iss` (if the provider reports one) must be one of these.
+    /// When set, the token's `iss` (if the provider reports one) must be one of these. With
+    /// `introspection_mode = local`, exactly these are accepted and `iss` is required; when unset, the
+    /// issuers announced by the `openid_configuration_url` documents are accepted.
     pub issuers: Vec<String>,
-    pub openid_configuration_url: Option<String>,
+    /// OIDC discovery documents (space separated: one per tenant/issuer). Local mode takes each one's
+    /// `issuer` and `jwks_uri`; keys from a document only verify tokens of that document's issuer.
+    pub openid_configuration_url: Vec<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
     /// `pass_attrs` as (field, template) pairs.
@@ -153,8 +159,18 @@ pub struct Settings {
     pub cache_ttl: Duration,
     pub cache_negative_ttl: Duration,
     pub cache_max_entries: u64,
-    /// Clock skew allowed on exp/nbf.
+    /// Clock skew allowed on exp/nbf/iat.
     pub leeway: Duration,
+    /// `jwks_url`: JWK Set URLs (space separated) read directly, without discovery. Their keys verify
+    /// tokens of any accepted issuer, so `issuers` must be set when they are the only source.
+    pub jwks_url: Vec<String>,
+    /// `jwks_refetch_min_interval_secs` (default 10): the least time between two fetches of one key
+    /// source, so tokens with made-up key ids cannot make us hammer the provider.
+    pub jwks_refetch_min_interval: Duration,
+    /// `jwks_max_age_secs` (default 86400): the longest fetched keys are used before they are fetched
+    /// again. Within it the provider's `Cache-Control: max-age` decides (kept between 60 s and 24 h;
+    /// 1 h without the header).
+    pub jwks_max_age: Duration,
     pub max_token_bytes: usize,
     pub max_response_bytes: usize,
     /// Notes for the admin (ignored Dovecot keys, loose permissions), logged once when loaded.
@@ -179,7 +195,7 @@ impl Default for Settings {
             scope: Vec::new(),
             audience: Vec::new(),
             issuers: Vec::new(),
-            openid_configuration_url: None,
+            openid_configuration_url: Vec::new(),
             client_id: None,
             client_secret: None,
             pass_attrs: Vec::new(),
@@ -197,6 +213,9 @@ impl Default for Settings {
             cache_negative_ttl: Duration::from_secs(30),
             cache_max_entries: 100_000,
             leeway: Duration::from_secs(60),
+            jwks_url: Vec::new(),
+            jwks_refetch_min_interval: Duration::from_secs(10),
+            jwks_max_age: Duration::from_secs(86_400),
             max_token_bytes: 16 * 1024,
             max_response_bytes: 1024 * 1024,
             warnings: Vec::new(),
@@ -275,7 +294,18 @@ impl Settings {
                 "scope" => s.scope = list(&value),
                 "audience" => s.audience = list(&value),
                 "issuers" => s.issuers = list(&value),
-                "openid_configuration_url" => s.openid_configuration_url = opt(&value),
+                "openid_configuration_url" => s.openid_configuration_url = list(&value),
+                "jwks_url" => s.jwks_url = list(&value),
+                "jwks_refetch_min_interval_secs" => {
+                    s.jwks_refetch_min_interval = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
+                }
+                "jwks_max_age_secs" => {
+                    let n = parse_uint(&value).map_err(invalid)?;
+                    if n < 60 {
+                        return Err(invalid("must be at least 60".into()));
+                    }
+                    s.jwks_max_age = Duration::from_secs(n);
+                }
                 "client_id" => s.client_id = opt(&value),
                 "client_secret" => s.client_secret = opt(&value),
                 "pass_attrs" => s.pass_attrs = parse_pass_attrs(&value).map_err(invalid)?,
@@ -344,6 +374,7 @@ impl Settings {
         s.timeout = Duration::from_millis(timeout);
         s.connect_timeout = Duration::from_millis(connect_timeout_msecs.unwrap_or(3_000).clamp(1, timeout));
         s.check(&key_lines)?;
+        s.warn_about_local_mode();
         Ok(s)
     }
 
@@ -356,13 +387,22 @@ impl Settings {
             key: key.to_string(),
             reason: reason.to_string(),
         };
-        if self.introspection_mode == IntrospectionMode::Local {
+        let local = self.introspection_mode == IntrospectionMode::Local;
+        if local && self.openid_configuration_url.is_empty() && self.jwks_url.is_empty() {
+            return Err(ConfigError::Incomplete {
+                path: self.path.clone(),
+                reason: "introspection_mode = local needs openid_configuration_url or jwks_url".into(),
+            });
+        }
+        // Keys from a bare JWKS carry no issuer: accepting any `iss` they sign would let every issuer
+        // sharing that key set (or a typo'd URL) log users in. Discovery pins its own issuer.
+        if local && self.openid_configuration_url.is_empty() && self.issuers.is_empty() {
             return Err(invalid(
-                "introspection_mode",
-                "local JWT validation is not available in this version; use auth, get or post",
+                "jwks_url",
+                "set issuers to the iss value(s) of the tokens (a JWKS does not say which issuer it serves)",
             ));
         }
-        if self.tokeninfo_url.is_none() && self.introspection_url.is_none() {
+        if !local && self.tokeninfo_url.is_none() && self.introspection_url.is_none() {
             return Err(ConfigError::Incomplete {
                 path: self.path.clone(),
                 reason: "set introspection_url (userinfo or RFC 7662 endpoint) or tokeninfo_url".into(),
@@ -371,13 +411,14 @@ impl Settings {
         if self.active_value.is_some() && self.active_attribute.is_none() {
             return Err(invalid("active_value", "active_attribute must be set too"));
         }
-        for key in ["tokeninfo_url", "introspection_url", "openid_configuration_url"] {
-            let v = match key {
-                "tokeninfo_url" => &self.tokeninfo_url,
-                "introspection_url" => &self.introspection_url,
-                _ => &self.openid_configuration_url,
+        for key in ["tokeninfo_url", "introspection_url", "openid_configuration_url", "jwks_url"] {
+            let urls: Vec<&String> = match key {
+                "tokeninfo_url" => self.tokeninfo_url.iter().collect(),
+                "introspection_url" => self.introspection_url.iter().collect(),
+                "openid_configuration_url" => self.openid_configuration_url.iter().collect(),
+                _ => self.jwks_url.iter().collect(),
             };
-            if let Some(url) = v {
+            for url in urls {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return Err(invalid(key, "must be an http:// or https:// URL"));
                 }
@@ -386,13 +427,28 @@ impl Settings {
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err(invalid("tls_cert_file", "tls_cert_file and tls_key_file go together"));
         }
-        if self.introspection_mode == IntrospectionMode::Post
+        if matches!(self.introspection_mode, IntrospectionMode::Post | IntrospectionMode::Local)
             && self.client_secret.is_some()
             && self.client_id.is_none()
         {
             return Err(invalid("client_secret", "client_id must be set too"));
         }
         Ok(())
+    }
+
+    /// Settings that work but are probably not what the admin wants.
+    fn warn_about_local_mode(&mut self) {
+        let shown = self.path.display().to_string();
+        if self.introspection_mode == IntrospectionMode::Local {
+            if self.audience.is_empty() {
+                self.warnings.push(format!(
+                    "{shown}: introspection_mode = local without audience accepts the issuer's tokens for any \
+                     client or API; set audience"
+                ));
+            }
+        } else if !self.jwks_url.is_empty() {
+            self.warnings.push(format!("{shown}: jwks_url is only used with introspection_mode = local"));
+        }
     }
 
     fn warn_about_permissions(&mut self) {
@@ -582,8 +638,50 @@ mod tests {
     }
 
     #[test]
-    fn local_mode_is_refused_until_keys_can_be_fetched() {
+    fn local_mode_without_a_key_source_is_incomplete() {
         let e = parse("introspection_mode = local\ntokeninfo_url = https://x/\n").unwrap_err();
-        assert!(e.to_string().contains("introspection_mode"), "{e}");
+        assert!(matches!(e, ConfigError::Incomplete { .. }), "{e}");
+        assert!(e.to_string().contains("openid_configuration_url or jwks_url"), "{e}");
+    }
+
+    #[test]
+    fn local_mode_with_discovery_needs_no_introspection_url() {
+        let s = parse("introspection_mode = local\nopenid_configuration_url = https://idp/.well-known/openid-configuration\naudience = mail\n").unwrap();
+        assert_eq!(s.introspection_mode, IntrospectionMode::Local);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(s.jwks_refetch_min_interval, Duration::from_secs(10));
+        assert_eq!(s.jwks_max_age, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn several_discovery_urls_and_jwks_urls_are_space_separated() {
+        let s = parse("introspection_mode = local\nopenid_configuration_url = https://a/.well-known/openid-configuration https://b/.well-known/openid-configuration\njwks_url = https://c/keys\n").unwrap();
+        assert_eq!(s.openid_configuration_url.len(), 2);
+        assert_eq!(s.jwks_url, vec!["https://c/keys"]);
+    }
+
+    #[test]
+    fn jwks_url_alone_needs_pinned_issuers() {
+        let e = parse("introspection_mode = local\njwks_url = https://idp/keys\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 2, ref key, .. } if key == "jwks_url"), "{e}");
+        assert!(parse("introspection_mode = local\njwks_url = https://idp/keys\nissuers = https://idp\n").is_ok());
+    }
+
+    #[test]
+    fn jwks_url_must_be_http_and_names_its_line() {
+        let e = parse("introspection_mode = local\nissuers = x\njwks_url = https://ok/k ftp://bad/k\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_url"), "{e}");
+    }
+
+    #[test]
+    fn local_mode_without_audience_warns() {
+        let s = parse("introspection_mode = local\nopenid_configuration_url = https://idp/d\n").unwrap();
+        assert!(s.warnings.iter().any(|w| w.contains("audience")), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn jwks_max_age_below_a_minute_is_refused() {
+        let e = parse("introspection_mode = local\nopenid_configuration_url = https://idp/d\njwks_max_age_secs = 5\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_max_age_secs"), "{e}");
     }
 }

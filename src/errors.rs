@@ -52,6 +52,29 @@ pub enum Rejection {
     WrongIssuer(String),
     #[error("{0}")]
     Invalid(String),
+    // Local JWT validation (introspection_mode = local).
+    #[error("token is unsigned (alg 'none')")]
+    Unsigned,
+    #[error("token alg '{0}' is HMAC; only the provider's public-key signatures are accepted")]
+    HmacAlgorithm(String),
+    #[error("token alg '{0}' is not supported")]
+    UnsupportedAlgorithm(String),
+    #[error("token type (typ) '{0}' is not JWT or at+jwt")]
+    WrongType(String),
+    #[error("token header marks '{0}' critical, which this module does not implement")]
+    CriticalHeader(String),
+    #[error("no signing key '{0}' for this issuer, even after refetching the keys")]
+    UnknownKey(String),
+    #[error("signing key '{kid}' is {key_type}, which cannot verify alg '{alg}'")]
+    KeyAlgorithmMismatch { kid: String, key_type: String, alg: String },
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token has no '{0}' claim")]
+    MissingClaim(&'static str),
+    #[error("token is issued {0} s in the future (iat)")]
+    IssuedInFuture(u64),
+    #[error("opaque token and no introspection_url for non-JWT tokens")]
+    Opaque,
 }
 
 /// Why no verdict could be reached now; the same login may succeed later.
@@ -65,6 +88,8 @@ pub enum Unavailable {
     Status { url: String, status: u16 },
     #[error("provider reply from {url} is unusable: {reason}")]
     BadReply { url: String, reason: String },
+    #[error("no signing keys from {url}: {reason}")]
+    NoKeys { url: String, reason: String },
     #[error("{0}")]
     Settings(#[from] ConfigError),
     #[error("internal error: {0}")]

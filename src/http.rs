@@ -20,6 +20,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
     pub elapsed: Duration,
+    /// The `Cache-Control` header, for how long fetched signing keys may be kept.
+    pub cache_control: Option<String>,
 }
 
 /// getaddrinfo on the request's own thread: an auth-worker serves one login at a time, so this
@@ -89,6 +91,11 @@ impl Http {
         let work = async {
             let mut resp = req.send().await.map_err(|e| classify(e, &url, self.timeout))?;
             let status = resp.status().as_u16();
+            let cache_control = resp
+                .headers()
+                .get(reqwest::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             if resp.content_length().is_some_and(|n| n > self.max_body as u64) {
                 return Err(Unavailable::BadReply { url: url.clone(), reason: format!("body over {} bytes", self.max_body) });
             }
@@ -99,7 +106,7 @@ impl Http {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(Reply { status, body, elapsed: started.elapsed() })
+            Ok(Reply { status, body, elapsed: started.elapsed(), cache_control })
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,

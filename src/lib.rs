@@ -9,6 +9,8 @@ pub mod config;
 pub mod engine;
 pub mod errors;
 pub mod http;
+pub mod jwks;
+pub mod jwt;
 pub mod lookup;
 pub mod provider;
 pub mod token;

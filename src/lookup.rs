@@ -1,11 +1,13 @@
-//! One login: token checks, cache, provider, rules. Built once per process from [`Settings`];
-//! `verify` is the per-request path.
+//! One login: token checks, cache, provider or local JWT validation, rules. Built once per process
+//! from [`Settings`]; `verify` is the per-request path.
 
 use crate::cache::{Entry, Source, VerdictCache};
 use crate::claims;
-use crate::config::Settings;
+use crate::config::{IntrospectionMode, Settings};
 use crate::errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};
 use crate::http::Http;
+use crate::jwks::KeyStore;
+use crate::jwt::{self, Shape};
 use crate::provider;
 use crate::token::{fingerprint, Token};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +16,8 @@ pub struct Authenticator {
     settings: Settings,
     http: Http,
     cache: VerdictCache,
+    /// Signing keys for `introspection_mode = local` (empty otherwise), fetched on first use.
+    keys: KeyStore,
 }
 
 /// A verdict with what an admin needs to understand it.
@@ -25,6 +29,11 @@ pub struct Outcome {
     /// `sha256:xxxxxxxx` of the token: the only trace of it that may be logged.
     pub fingerprint: String,
     pub elapsed: Duration,
+    /// Checked in the module (local JWT validation) rather than by the provider.
+    pub local: bool,
+    /// Things worth a warning in the log that did not decide this login (a failed key refresh while
+    /// older keys are still in use).
+    pub warnings: Vec<String>,
 }
 
 impl Outcome {
@@ -45,6 +54,7 @@ impl Outcome {
     pub fn accept_line(&self, user: &str) -> String {
         let how = match self.source {
             Some(Source::Cache) => "from cache".to_string(),
+            _ if self.local => format!("checked locally in {} ms", self.elapsed.as_millis()),
             _ => format!("by provider in {} ms", self.elapsed.as_millis()),
         };
         format!("dovecot-oauth2: accepted {user} (token {}, {how})", self.fingerprint)
@@ -59,7 +69,8 @@ impl Authenticator {
     pub fn new(settings: Settings) -> Result<Authenticator, ConfigError> {
         let http = Http::new(&settings)?;
         let cache = VerdictCache::new(if settings.cache_ttl.is_zero() { 0 } else { settings.cache_max_entries });
-        Ok(Authenticator { settings, http, cache })
+        let keys = KeyStore::new(&settings);
+        Ok(Authenticator { settings, http, cache, keys })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -76,7 +87,11 @@ impl Authenticator {
             Ok((fields, source)) => (Verdict::Accept(fields), Some(source)),
             Err((e, source)) => (Verdict::from(Err(e)), source),
         };
-        Outcome { verdict, source, fingerprint: fingerprint(raw_token), elapsed: started.elapsed() }
+        // JWT-shaped (two dots): enough for the debug line, without decoding the token again.
+        let local = self.settings.introspection_mode == IntrospectionMode::Local
+            && raw_token.iter().filter(|&&b| b == b'.').count() == 2;
+        let warnings = self.keys.take_notes();
+        Outcome { verdict, source, fingerprint: fingerprint(raw_token), elapsed: started.elapsed(), local, warnings }
     }
 
     async fn decide(
@@ -97,17 +112,34 @@ impl Authenticator {
         }
     }
 
-    /// Asks the provider and applies the rules; decides how long the verdict may be reused.
+    /// Validates the token locally or asks the provider, applies the rules, and decides how long the
+    /// verdict may be reused.
     async fn load(&self, login_user: &str, token: Token<'_>) -> Result<Entry, Unavailable> {
         let s = &self.settings;
         let negative = |r: Rejection| Ok(Entry { verdict: Err(r), ttl: s.cache_negative_ttl });
-        let claims = match provider::fetch_claims(&self.http, s, token).await {
-            Ok(c) => c,
-            Err(AuthError::Rejected(r)) => return negative(r),
-            Err(AuthError::Unavailable(u)) => return Err(u),
-        };
         let now = unix_now();
-        match claims::check(s, &claims, login_user, now) {
+        let checked = if s.introspection_mode == IntrospectionMode::Local {
+            match jwt::shape(token.as_str()) {
+                Shape::Jwt(Ok(parsed)) => Some(jwt::validate(&self.keys, &self.http, s, &parsed, login_user, now).await),
+                Shape::Jwt(Err(r)) => return negative(r),
+                // Opaque tokens: only a provider can say what they are.
+                Shape::Opaque(_) if s.introspection_url.is_some() || s.tokeninfo_url.is_some() => None,
+                Shape::Opaque(Some(why)) => return negative(Rejection::Malformed(why)),
+                Shape::Opaque(None) => return negative(Rejection::Opaque),
+            }
+        } else {
+            None
+        };
+        let checked = match checked {
+            Some(local) => local,
+            None => match provider::fetch_claims(&self.http, s, token).await {
+                Ok(claims) => claims::check(s, &claims, login_user, now).map_err(AuthError::from),
+                Err(e) => Err(e),
+            },
+        };
+        match checked {
+            Err(AuthError::Unavailable(u)) => Err(u),
+            Err(AuthError::Rejected(r)) => negative(r),
             Ok(identity) => {
                 let exp = identity.expires_at.or_else(|| token.unverified_jwt_exp());
                 let ttl = match exp {
@@ -116,7 +148,6 @@ impl Authenticator {
                 };
                 Ok(Entry { verdict: Ok(identity), ttl })
             }
-            Err(r) => negative(r),
         }
     }
 }

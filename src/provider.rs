@@ -20,7 +20,7 @@ pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result
     }
     if let Some(url) = &s.introspection_url {
         let client = http.client();
-        let (req, post) = match s.introspection_mode {
+        let (req, post) = match opaque_mode(s, url) {
             IntrospectionMode::Auth | IntrospectionMode::Local => (client.get(url).bearer_auth(token.as_str()), false),
             IntrospectionMode::Get => (client.get(format!("{url}{}", token.url_encoded())), false),
             IntrospectionMode::Post => {
@@ -43,6 +43,17 @@ pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result
         }
     }
     Ok(claims)
+}
+
+/// How `introspection_url` is asked. In local mode (only opaque tokens get here) the URL's kind is
+/// inferred: client credentials (`client_id`, or `user:password@` in the URL) mean an RFC 7662
+/// introspection endpoint (POST), none mean a userinfo-style endpoint (GET with the token as Bearer).
+fn opaque_mode(s: &Settings, url: &str) -> IntrospectionMode {
+    match s.introspection_mode {
+        IntrospectionMode::Local if s.client_id.is_some() || split_credentials(url).1.is_some() => IntrospectionMode::Post,
+        IntrospectionMode::Local => IntrospectionMode::Auth,
+        mode => mode,
+    }
 }
 
 /// Whether tokeninfo already said all that the rules and `pass_attrs` need (then no introspection).
@@ -135,7 +146,7 @@ mod tests {
     use std::time::Duration;
 
     fn reply(status: u16, body: &str) -> Reply {
-        Reply { status, body: body.as_bytes().to_vec(), elapsed: Duration::ZERO }
+        Reply { status, body: body.as_bytes().to_vec(), elapsed: Duration::ZERO, cache_control: None }
     }
 
     #[test]
@@ -172,6 +183,16 @@ mod tests {
         assert_eq!(url, "https://idp.test/introspect");
         assert_eq!(user.as_deref(), Some("dove@cot"));
         assert_eq!(pass.as_deref(), Some("p:ss"));
+    }
+
+    #[test]
+    fn local_mode_introspects_opaque_tokens_by_rfc7662_only_with_client_credentials() {
+        let local = |extra: &str| {
+            Settings::parse(std::path::Path::new("t"), &format!("introspection_mode = local\nopenid_configuration_url = https://i/d\n{extra}")).unwrap()
+        };
+        assert_eq!(opaque_mode(&local(""), "https://i/userinfo"), IntrospectionMode::Auth);
+        assert_eq!(opaque_mode(&local("client_id = dovecot\n"), "https://i/introspect"), IntrospectionMode::Post);
+        assert_eq!(opaque_mode(&local(""), "https://dovecot:s@i/introspect"), IntrospectionMode::Post);
     }
 
     #[test]

@@ -1,0 +1,485 @@
+//! Signing keys for local JWT validation (`introspection_mode = local`).
+//!
+//! Each configured source, an OIDC discovery document (`openid_configuration_url`: its `issuer` and
+//! `jwks_uri`) or a bare JWK Set (`jwks_url`), is fetched on the first login that needs it, never at
+//! load, and its keys serve every later login of the process. A source is fetched again when its keys
+//! are older than their allowed age, or when a token names a key id we do not hold (the provider
+//! rotated its keys); never more often than `jwks_refetch_min_interval_secs`, so made-up key ids
+//! cannot turn logins into a flood of requests. A failed fetch keeps the keys already held.
+//!
+//! Refreshes run inline, in the login that finds the keys stale: the engine's runtime only runs while
+//! a login is being verified, so a background task would stall between logins with a connection open.
+
+use crate::config::Settings;
+use crate::errors::Unavailable;
+use crate::http::{redact_url, Http};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
+use serde_json::{Map, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long keys are kept when the provider sends no `Cache-Control: max-age`.
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+/// The bounds put on the provider's max-age: not refetched on every login, not kept for days.
+const MIN_MAX_AGE: Duration = Duration::from_secs(60);
+const MAX_MAX_AGE: Duration = Duration::from_secs(86_400);
+/// RSA keys below this size are not used (RFC 7518 3.3).
+const MIN_RSA_BITS: usize = 2048;
+
+/// A public key and the algorithms it may verify: decided by the key (kty, crv, alg), never by a token.
+#[derive(Debug)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub algorithms: Vec<Algorithm>,
+    /// For messages: "RSA", "EC P-256", "OKP Ed25519".
+    pub key_type: &'static str,
+    pub key: DecodingKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Discovery,
+    Jwks,
+}
+
+struct Source {
+    kind: Kind,
+    url: String,
+    state: Mutex<State>,
+    /// Held while fetching, so concurrent logins wait for one fetch instead of each making their own.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    keys: Vec<Arc<VerifyKey>>,
+    /// Keys of the set that are not used, with why: a token naming one gets that reason.
+    skipped: Vec<(Option<String>, String)>,
+    /// The discovery document's `issuer` (discovery sources only).
+    issuer: Option<String>,
+    fetched_at: Option<Instant>,
+    max_age: Duration,
+    attempted_at: Option<Instant>,
+    last_error: Option<Unavailable>,
+}
+
+/// Why a source is fetched now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Never fetched, or its keys are past their age.
+    Due,
+    /// A token names a key id the source did not have.
+    UnknownKey,
+}
+
+/// The keys of every configured source, shared by the process.
+pub struct KeyStore {
+    sources: Vec<Source>,
+    min_interval: Duration,
+    max_age_cap: Duration,
+    /// Failed refreshes while older keys stay in use: worth a log line, not a failed login.
+    notes: Mutex<Vec<String>>,
+}
+
+impl KeyStore {
+    pub fn new(s: &Settings) -> KeyStore {
+        let source = |kind, url: &String| Source {
+            kind,
+            url: url.clone(),
+            state: Mutex::new(State::default()),
+            fetching: tokio::sync::Mutex::new(()),
+        };
+        let sources = s
+            .openid_configuration_url
+            .iter()
+            .map(|u| source(Kind::Discovery, u))
+            .chain(s.jwks_url.iter().map(|u| source(Kind::Jwks, u)))
+            .collect();
+        KeyStore {
+            sources,
+            min_interval: s.jwks_refetch_min_interval,
+            max_age_cap: s.jwks_max_age,
+            notes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Fetches every source never fetched or whose keys are past their age (each rate limited).
+    pub async fn refresh_due(&self, http: &Http) {
+        for (i, src) in self.sources.iter().enumerate() {
+            let due = {
+                let st = src.state.lock().unwrap();
+                st.fetched_at.is_none_or(|t| t.elapsed() >= st.max_age)
+            };
+            if due {
+                self.refresh(http, i, Why::Due).await;
+            }
+        }
+    }
+
+    /// Fetches `sources` again because a token names a key they lacked (each rate limited).
+    pub async fn refresh_for_unknown_key(&self, http: &Http, sources: &[usize]) {
+        for &i in sources {
+            self.refresh(http, i, Why::UnknownKey).await;
+        }
+    }
+
+    async fn refresh(&self, http: &Http, i: usize, why: Why) {
+        let src = &self.sources[i];
+        let _one_at_a_time = src.fetching.lock().await;
+        {
+            let mut st = src.state.lock().unwrap();
+            // While the provider fails, keys held are fine: do not make a login wait for a timeout
+            // more than once a minute.
+            let failing_with_keys = st.last_error.is_some() && st.fetched_at.is_some();
+            let interval = if failing_with_keys { self.min_interval.max(MIN_MAX_AGE) } else { self.min_interval };
+            if st.attempted_at.is_some_and(|t| t.elapsed() < interval) {
+                return;
+            }
+            // Another login may have fetched while this one waited for the lock.
+            if why == Why::Due && st.fetched_at.is_some_and(|t| t.elapsed() < st.max_age) {
+                return;
+            }
+            st.attempted_at = Some(Instant::now());
+        }
+        let result = fetch(http, src.kind, &src.url, self.max_age_cap).await;
+        let mut st = src.state.lock().unwrap();
+        match result {
+            Ok(f) => {
+                st.keys = f.keys;
+                st.skipped = f.skipped;
+                st.issuer = f.issuer;
+                st.max_age = f.max_age;
+                st.fetched_at = Some(Instant::now());
+                st.last_error = None;
+            }
+            Err(e) => {
+                if let Some(t) = st.fetched_at {
+                    self.notes.lock().unwrap().push(format!(
+                        "cannot refresh signing keys from {} ({e}); still using the {} keys fetched {} s ago",
+                        redact_url(&src.url),
+                        st.keys.len(),
+                        t.elapsed().as_secs()
+                    ));
+                }
+                st.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Issuers announced by the discovery documents fetched so far.
+    pub fn discovered_issuers(&self) -> Vec<String> {
+        self.sources.iter().filter_map(|s| s.state.lock().unwrap().issuer.clone()).collect()
+    }
+
+    /// Why a discovery source has not told its issuer yet, if one has not.
+    pub fn undiscovered(&self) -> Option<Unavailable> {
+        let indices: Vec<usize> = (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Discovery).collect();
+        self.never_fetched(&indices)
+    }
+
+    /// The sources whose keys may verify a token of `iss`: the discovery documents announcing that
+    /// issuer, plus every `jwks_url`. An issuer listed in `issuers` that no document announces (Entra
+    /// ID's v1 `sts.windows.net` issuer, say) may use every source's keys, but only once every
+    /// document has been read: until then its tenant's keys are not known.
+    pub fn sources_for(&self, iss: &str) -> Result<Vec<usize>, Unavailable> {
+        let bound: Vec<usize> = (0..self.sources.len())
+            .filter(|&i| self.sources[i].state.lock().unwrap().issuer.as_deref() == Some(iss))
+            .collect();
+        if bound.is_empty() {
+            if let Some(u) = self.undiscovered() {
+                return Err(u);
+            }
+            return Ok((0..self.sources.len()).collect());
+        }
+        let unbound = (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Jwks);
+        Ok(bound.into_iter().chain(unbound).collect())
+    }
+
+    /// The keys of `sources` named `kid`, or all their keys when the token names none.
+    pub fn keys(&self, sources: &[usize], kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
+        let mut out = Vec::new();
+        for &i in sources {
+            let st = self.sources[i].state.lock().unwrap();
+            out.extend(st.keys.iter().filter(|k| kid.is_none() || k.kid.as_deref() == kid).cloned());
+        }
+        out
+    }
+
+    /// Why `kid` is in a key set but not used (wrong `use`, weak RSA...), if it is.
+    pub fn skipped_reason(&self, sources: &[usize], kid: &str) -> Option<String> {
+        sources.iter().find_map(|&i| {
+            let st = self.sources[i].state.lock().unwrap();
+            st.skipped.iter().find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, why)| why.clone())
+        })
+    }
+
+    /// The first of `sources` that has never been fetched successfully, as a temporary failure.
+    pub fn never_fetched(&self, sources: &[usize]) -> Option<Unavailable> {
+        sources.iter().find_map(|&i| {
+            let src = &self.sources[i];
+            let st = src.state.lock().unwrap();
+            st.fetched_at.is_none().then(|| Unavailable::NoKeys {
+                url: redact_url(&src.url),
+                reason: st.last_error.as_ref().map_or("not fetched yet".into(), |e| e.to_string()),
+            })
+        })
+    }
+
+    /// Notes collected since the last call, for the log.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().unwrap())
+    }
+}
+
+struct Fetched {
+    issuer: Option<String>,
+    keys: Vec<Arc<VerifyKey>>,
+    skipped: Vec<(Option<String>, String)>,
+    max_age: Duration,
+}
+
+async fn fetch(http: &Http, kind: Kind, url: &str, cap: Duration) -> Result<Fetched, Unavailable> {
+    let (issuer, jwks_url) = match kind {
+        Kind::Discovery => {
+            let (doc, _) = get_json(http, url).await?;
+            let bad = |reason: &str| Unavailable::BadReply { url: redact_url(url), reason: reason.into() };
+            let issuer = doc
+                .get("issuer")
+                .and_then(Value::as_str)
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| bad("discovery document has no issuer"))?;
+            let jwks = doc
+                .get("jwks_uri")
+                .and_then(Value::as_str)
+                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+                .ok_or_else(|| bad("discovery document has no http(s) jwks_uri"))?;
+            (Some(issuer.to_string()), jwks.to_string())
+        }
+        Kind::Jwks => (None, url.to_string()),
+    };
+    let (set, cache_control) = get_json(http, &jwks_url).await?;
+    let Some(Value::Array(list)) = set.get("keys") else {
+        return Err(Unavailable::BadReply { url: redact_url(&jwks_url), reason: "not a JWK Set (no keys array)".into() });
+    };
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for v in list {
+        match parse_jwk(v) {
+            Ok(k) => keys.push(Arc::new(k)),
+            Err(why) => skipped.push((v.get("kid").and_then(Value::as_str).map(str::to_string), why)),
+        }
+    }
+    if keys.is_empty() {
+        let why: Vec<&str> = skipped.iter().map(|(_, w)| w.as_str()).collect();
+        return Err(Unavailable::BadReply {
+            url: redact_url(&jwks_url),
+            reason: format!("no usable signing key in the set ({})", why.join("; ")),
+        });
+    }
+    Ok(Fetched { issuer, keys, skipped, max_age: max_age(cache_control.as_deref()).min(cap) })
+}
+
+async fn get_json(http: &Http, url: &str) -> Result<(Map<String, Value>, Option<String>), Unavailable> {
+    let reply = http.send(http.client().get(url).header("accept", "application/json"), url).await?;
+    if reply.status != 200 {
+        return Err(Unavailable::Status { url: redact_url(url), status: reply.status });
+    }
+    match serde_json::from_slice(&reply.body) {
+        Ok(Value::Object(map)) => Ok((map, reply.cache_control)),
+        Ok(_) => Err(Unavailable::BadReply { url: redact_url(url), reason: "not a JSON object".into() }),
+        Err(e) => Err(Unavailable::BadReply { url: redact_url(url), reason: format!("not JSON: {e}") }),
+    }
+}
+
+/// One JWK of a set, or why it is not used for verifying tokens.
+pub fn parse_jwk(v: &Value) -> Result<VerifyKey, String> {
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    let kid = obj.get("kid").and_then(Value::as_str).map(str::to_string);
+    if let Some(u) = obj.get("use") {
+        if u != "sig" {
+            return Err(format!("use is {u}, not sig"));
+        }
+    }
+    if let Some(ops) = obj.get("key_ops") {
+        if !ops.as_array().is_some_and(|ops| ops.iter().any(|o| o == "verify")) {
+            return Err("key_ops does not include verify".into());
+        }
+    }
+    let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+    let (key_type, family): (&'static str, &[Algorithm]) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => (
+            "RSA",
+            &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS384, Algorithm::PS512],
+        ),
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => ("EC P-256", &[Algorithm::ES256]),
+            EllipticCurve::P384 => ("EC P-384", &[Algorithm::ES384]),
+            _ => return Err(format!("EC curve {:?} is not supported", p.curve)),
+        },
+        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+            EllipticCurve::Ed25519 => ("OKP Ed25519", &[Algorithm::EdDSA]),
+            _ => return Err(format!("OKP curve {:?} is not supported", p.curve)),
+        },
+        // A shared secret published as a "public" key would let anyone sign tokens.
+        AlgorithmParameters::OctetKey(_) => return Err("symmetric (oct) keys are never used".into()),
+        _ => return Err("key type is not RSA, EC or OKP".into()),
+    };
+    let algorithms = match obj.get("alg").and_then(Value::as_str) {
+        None => family.to_vec(),
+        // RFC 9864's fully-specified name for EdDSA over Ed25519.
+        Some("Ed25519") if key_type == "OKP Ed25519" => vec![Algorithm::EdDSA],
+        Some(a) => {
+            let alg: Algorithm = a.parse().map_err(|_| format!("alg {a} is not a supported signature algorithm"))?;
+            if !family.contains(&alg) {
+                return Err(format!("alg {a} does not fit a {key_type} key"));
+            }
+            vec![alg]
+        }
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key material: {e}"))?;
+    let size_ok = match (key_type, key.kind()) {
+        ("RSA", DecodingKeyKind::RsaModulusExponent { n, .. }) => rsa_bits(n) >= MIN_RSA_BITS,
+        ("EC P-256", DecodingKeyKind::SecretOrDer(point)) => point.len() == 65,
+        ("EC P-384", DecodingKeyKind::SecretOrDer(point)) => point.len() == 97,
+        ("OKP Ed25519", DecodingKeyKind::SecretOrDer(x)) => x.len() == 32,
+        _ => false,
+    };
+    if !size_ok {
+        return Err(match key.kind() {
+            DecodingKeyKind::RsaModulusExponent { n, .. } => {
+                format!("RSA key of {} bits is under {MIN_RSA_BITS}", rsa_bits(n))
+            }
+            _ => format!("{key_type} key has the wrong length"),
+        });
+    }
+    Ok(VerifyKey { kid, algorithms, key_type, key })
+}
+
+fn rsa_bits(n: &[u8]) -> usize {
+    let n = &n[n.iter().position(|&b| b != 0).unwrap_or(n.len())..];
+    n.first().map_or(0, |b| (n.len() - 1) * 8 + (8 - b.leading_zeros() as usize))
+}
+
+/// The provider's `Cache-Control` as a key lifetime, kept within [60 s, 24 h]; 1 h without max-age.
+fn max_age(cache_control: Option<&str>) -> Duration {
+    let mut age: Option<u64> = None;
+    for directive in cache_control.unwrap_or("").split(',') {
+        let d = directive.trim().to_ascii_lowercase();
+        if d == "no-cache" || d == "no-store" {
+            age = Some(0);
+        } else if let Some(v) = d.strip_prefix("max-age=") {
+            if let Ok(n) = v.trim_matches('"').parse::<u64>() {
+                age = Some(age.map_or(n, |a| a.min(n)));
+            }
+        }
+    }
+    age.map_or(DEFAULT_MAX_AGE, |n| Duration::from_secs(n).clamp(MIN_MAX_AGE, MAX_MAX_AGE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{jwks, Canned, TestKey, TestServer};
+    use serde_json::json;
+
+    const P256_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const P256_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    #[test]
+    fn cache_control_max_age_is_kept_within_a_minute_and_a_day() {
+        assert_eq!(max_age(None), DEFAULT_MAX_AGE);
+        assert_eq!(max_age(Some("public, max-age=600")), Duration::from_secs(600));
+        assert_eq!(max_age(Some("max-age=5")), MIN_MAX_AGE);
+        assert_eq!(max_age(Some("max-age=9999999")), MAX_MAX_AGE);
+        assert_eq!(max_age(Some("no-store")), MIN_MAX_AGE);
+        assert_eq!(max_age(Some("public")), DEFAULT_MAX_AGE);
+    }
+
+    #[test]
+    fn ec_key_allows_only_its_curves_algorithm() {
+        let k = parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "e"})).unwrap();
+        assert_eq!(k.algorithms, vec![Algorithm::ES256]);
+        assert_eq!(k.kid.as_deref(), Some("e"));
+    }
+
+    #[test]
+    fn key_whose_alg_does_not_fit_its_type_is_skipped() {
+        let e = parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "alg": "RS256"})).unwrap_err();
+        assert!(e.contains("does not fit"), "{e}");
+    }
+
+    #[test]
+    fn symmetric_and_encryption_keys_are_skipped() {
+        assert!(parse_jwk(&json!({"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"})).unwrap_err().contains("oct"));
+        assert!(parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "use": "enc"})).is_err());
+        assert!(parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "key_ops": ["encrypt"]})).is_err());
+    }
+
+    #[test]
+    fn weak_rsa_key_is_skipped() {
+        use base64::Engine as _;
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xffu8; 128]);
+        let e = parse_jwk(&json!({"kty": "RSA", "n": n, "e": "AQAB"})).unwrap_err();
+        assert!(e.contains("1024 bits"), "{e}");
+    }
+
+    fn store_for(jwks_url: &str) -> (KeyStore, Http) {
+        let text = format!("introspection_mode = local\njwks_url = {jwks_url}\nissuers = https://idp\n");
+        let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
+        (KeyStore::new(&s), Http::new(&s).unwrap())
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn providers_cache_control_sets_how_long_keys_are_kept() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = TestServer::routes(&[("/k", Canned::json(200, &jwks(&[&k])).header("Cache-Control", "public, max-age=120"))]).await;
+            let (store, http) = store_for(&srv.url("/k"));
+            store.refresh_due(&http).await;
+            assert_eq!(store.sources[0].state.lock().unwrap().max_age, Duration::from_secs(120));
+            assert_eq!(store.keys(&[0], Some("e1")).len(), 1);
+        });
+    }
+
+    #[test]
+    fn keys_past_their_age_are_fetched_again_and_fresh_ones_are_not() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = TestServer::routes(&[("/k", Canned::json(200, &jwks(&[&k])))]).await;
+            let (store, http) = store_for(&srv.url("/k"));
+            store.refresh_due(&http).await;
+            store.refresh_due(&http).await;
+            assert_eq!(srv.count("/k"), 1);
+            {
+                let mut st = store.sources[0].state.lock().unwrap();
+                let long_ago = Instant::now().checked_sub(Duration::from_secs(7200)).unwrap();
+                st.fetched_at = Some(long_ago);
+                st.attempted_at = Some(long_ago);
+            }
+            store.refresh_due(&http).await;
+            assert_eq!(srv.count("/k"), 2);
+        });
+    }
+
+    #[test]
+    fn key_set_without_a_usable_key_is_an_unusable_reply() {
+        rt().block_on(async {
+            let srv = TestServer::routes(&[("/k", Canned::json(200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#))]).await;
+            let (store, http) = store_for(&srv.url("/k"));
+            store.refresh_due(&http).await;
+            let u = store.never_fetched(&[0]).unwrap();
+            assert!(u.to_string().contains("no usable signing key"), "{u}");
+        });
+    }
+
+    #[test]
+    fn rsa_bit_length_ignores_leading_zeros() {
+        assert_eq!(rsa_bits(&[0, 0x01, 0]), 9);
+        assert_eq!(rsa_bits(&[0x80; 256]), 2048);
+    }
+}
