@@ -99,6 +99,9 @@ impl Validator {
                 return Ok((codes.internal, LuaValue::String(lua.create_string(&msg)?)));
             }
         };
+        for w in &outcome.warnings {
+            req_log(&req, "log_warning", &format!("dovecot-oauth2: {w}"))?;
+        }
         let debug = self.engine.get().is_some_and(|e| e.settings().debug);
         match &outcome.verdict {
             Verdict::Accept(fields) => {
