@@ -2,13 +2,16 @@
 //! stored. Each entry carries its own lifetime (positive: min(cache_ttl, token exp); negative: the
 //! short negative TTL), the entry count is bounded, and concurrent misses for one key share one
 //! provider request (moka's load coalescing). Temporary failures are never cached.
+//!
+//! An acceptance may outlive its freshness by a "stale" window (`stale_if_error_secs`, never past the
+//! token's exp): once stale it is checked again, and used only if the provider cannot answer.
 
 use crate::claims::Identity;
 use crate::errors::{Rejection, Unavailable};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub type Key = [u8; 32];
 
@@ -16,14 +19,29 @@ pub type Key = [u8; 32];
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub verdict: Result<Identity, Rejection>,
+    /// How long the verdict is used without asking again.
     pub ttl: Duration,
+    /// How much longer (after `ttl`) an acceptance may stand in for a provider that cannot answer.
+    pub stale: Duration,
+    pub created: Instant,
+}
+
+impl Entry {
+    pub fn new(verdict: Result<Identity, Rejection>, ttl: Duration, stale: Duration) -> Entry {
+        let stale = if verdict.is_ok() { stale } else { Duration::ZERO };
+        Entry { verdict, ttl, stale, created: Instant::now() }
+    }
+
+    pub fn is_fresh(&self) -> bool {
+        self.created.elapsed() < self.ttl
+    }
 }
 
 struct PerEntryTtl;
 
 impl moka::Expiry<Key, Arc<Entry>> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &Key, value: &Arc<Entry>, _created_at: std::time::Instant) -> Option<Duration> {
-        Some(value.ttl)
+    fn expire_after_create(&self, _key: &Key, value: &Arc<Entry>, _created_at: Instant) -> Option<Duration> {
+        Some(value.ttl + value.stale)
     }
 }
 
@@ -36,6 +54,8 @@ pub struct VerdictCache {
 pub enum Source {
     Cache,
     Provider,
+    /// A stale acceptance used because the provider could not answer (`stale_if_error_secs`).
+    Stale,
 }
 
 impl VerdictCache {
@@ -55,13 +75,32 @@ impl VerdictCache {
     }
 
     /// The cached verdict for `key`, or the one `load` computes (shared by concurrent callers).
-    pub async fn get_or_load<F>(&self, key: Key, load: F) -> Result<(Arc<Entry>, Source), Unavailable>
+    /// A stale acceptance is checked again; if that fails for lack of an answer, the stale one is used
+    /// and the reason returned with it.
+    pub async fn get_or_load<F>(&self, key: Key, load: F) -> Result<(Arc<Entry>, Source, Option<Unavailable>), Unavailable>
     where
         F: Future<Output = Result<Entry, Unavailable>>,
     {
         let Some(cache) = &self.inner else {
-            return load.await.map(|e| (Arc::new(e), Source::Provider));
+            return load.await.map(|e| (Arc::new(e), Source::Provider, None));
         };
+        if let Some(old) = cache.get(&key).await {
+            if old.is_fresh() {
+                return Ok((old, Source::Cache, None));
+            }
+            return match load.await {
+                Ok(new) => {
+                    let new = Arc::new(new);
+                    if !new.ttl.is_zero() {
+                        cache.insert(key, new.clone()).await;
+                    } else {
+                        cache.invalidate(&key).await;
+                    }
+                    Ok((new, Source::Provider, None))
+                }
+                Err(why) => Ok((old, Source::Stale, Some(why))),
+            };
+        }
         let entry = cache
             .entry(key)
             .or_try_insert_with(async { load.await.map(Arc::new) })
@@ -69,10 +108,10 @@ impl VerdictCache {
             .map_err(|e| (*e).clone())?;
         let source = if entry.is_fresh() { Source::Provider } else { Source::Cache };
         let value = entry.into_value();
-        if value.ttl.is_zero() {
+        if value.ttl.is_zero() && value.stale.is_zero() {
             cache.invalidate(&key).await;
         }
-        Ok((value, source))
+        Ok((value, source, None))
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -96,10 +135,11 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
     fn ok(ttl: u64) -> Entry {
-        Entry {
-            verdict: Ok(Identity { username: "a@x".into(), expires_at: None, fields: vec![] }),
-            ttl: Duration::from_millis(ttl),
-        }
+        stale_ok(ttl, 0)
+    }
+    fn stale_ok(ttl: u64, stale: u64) -> Entry {
+        let id = Identity { username: "a@x".into(), expires_at: None, fields: vec![] };
+        Entry::new(Ok(id), Duration::from_millis(ttl), Duration::from_millis(stale))
     }
 
     #[test]
@@ -115,8 +155,8 @@ mod tests {
         rt().block_on(async {
             let c = VerdictCache::new(10);
             let k = VerdictCache::key("a", b"t");
-            let (_, s1) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
-            let (_, s2) = c.get_or_load(k, async { panic!("must not load") }).await.unwrap();
+            let (_, s1, _) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            let (_, s2, _) = c.get_or_load(k, async { panic!("must not load") }).await.unwrap();
             assert_eq!((s1, s2), (Source::Provider, Source::Cache));
         });
     }
@@ -128,7 +168,7 @@ mod tests {
             let k = VerdictCache::key("a", b"t");
             c.get_or_load(k, async { Ok(ok(50)) }).await.unwrap();
             tokio::time::sleep(Duration::from_millis(120)).await;
-            let (_, s) = c.get_or_load(k, async { Ok(ok(50)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, async { Ok(ok(50)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }
@@ -140,7 +180,7 @@ mod tests {
             let k = VerdictCache::key("a", b"t");
             let e = c.get_or_load(k, async { Err(Unavailable::Internal("down".into())) }).await;
             assert!(e.is_err());
-            let (_, s) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }
@@ -166,6 +206,29 @@ mod tests {
     }
 
     #[test]
+    fn stale_acceptance_is_used_only_when_the_provider_cannot_answer() {
+        rt().block_on(async {
+            let c = VerdictCache::new(10);
+            let k = VerdictCache::key("a", b"t");
+            c.get_or_load(k, async { Ok(stale_ok(30, 60_000)) }).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let (_, s, why) = c.get_or_load(k, async { Err(Unavailable::Internal("down".into())) }).await.unwrap();
+            assert_eq!(s, Source::Stale);
+            assert_eq!(why, Some(Unavailable::Internal("down".into())));
+            let (_, s, _) = c.get_or_load(k, async { Ok(stale_ok(60_000, 0)) }).await.unwrap();
+            assert_eq!(s, Source::Provider, "a stale entry is checked again when the provider answers");
+            let (_, s, _) = c.get_or_load(k, async { panic!("fresh again") }).await.unwrap();
+            assert_eq!(s, Source::Cache);
+        });
+    }
+
+    #[test]
+    fn rejections_get_no_stale_window() {
+        let e = Entry::new(Err(Rejection::Inactive), Duration::from_secs(1), Duration::from_secs(100));
+        assert_eq!(e.stale, Duration::ZERO);
+    }
+
+    #[test]
     fn entry_count_is_bounded() {
         rt().block_on(async {
             let c = VerdictCache::new(100);
@@ -183,7 +246,7 @@ mod tests {
             let c = VerdictCache::new(0);
             let k = VerdictCache::key("a", b"t");
             c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
-            let (_, s) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }

@@ -171,6 +171,17 @@ pub struct Settings {
     /// again. Within it the provider's `Cache-Control: max-age` decides (kept between 60 s and 24 h;
     /// 1 h without the header).
     pub jwks_max_age: Duration,
+    /// `stale_if_error_secs` (default 0 = off): how long past its cache TTL an acceptance may still be
+    /// used while the provider cannot answer (never past the token's exp). Trades revocation delay
+    /// for availability.
+    pub stale_if_error: Duration,
+    /// `circuit_breaker_failures` (default 5, 0 = off): consecutive provider failures after which the
+    /// provider is not asked for a back-off period (logins fail fast, cached tokens still work).
+    pub circuit_breaker_failures: u32,
+    /// `circuit_breaker_backoff_secs` (default 10): the first back-off; doubles on failed probes, up to 8x.
+    pub circuit_breaker_backoff: Duration,
+    /// `stats_log_interval_secs` (default 0 = off): how often each auth-worker logs its counters.
+    pub stats_log_interval: Duration,
     pub max_token_bytes: usize,
     pub max_response_bytes: usize,
     /// Notes for the admin (ignored Dovecot keys, loose permissions), logged once when loaded.
@@ -216,6 +227,10 @@ impl Default for Settings {
             jwks_url: Vec::new(),
             jwks_refetch_min_interval: Duration::from_secs(10),
             jwks_max_age: Duration::from_secs(86_400),
+            stale_if_error: Duration::ZERO,
+            circuit_breaker_failures: 5,
+            circuit_breaker_backoff: Duration::from_secs(10),
+            stats_log_interval: Duration::ZERO,
             max_token_bytes: 16 * 1024,
             max_response_bytes: 1024 * 1024,
             warnings: Vec::new(),
@@ -339,6 +354,20 @@ impl Settings {
                     s.cache_negative_ttl = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
                 }
                 "leeway_secs" => s.leeway = Duration::from_secs(parse_uint(&value).map_err(invalid)?),
+                "stale_if_error_secs" => s.stale_if_error = Duration::from_secs(parse_uint(&value).map_err(invalid)?),
+                "circuit_breaker_failures" => {
+                    s.circuit_breaker_failures = parse_uint(&value).map_err(invalid)?.min(u32::MAX as u64) as u32
+                }
+                "circuit_breaker_backoff_secs" => {
+                    let n = parse_uint(&value).map_err(invalid)?;
+                    if !(1..=3600).contains(&n) {
+                        return Err(invalid("must be between 1 and 3600".into()));
+                    }
+                    s.circuit_breaker_backoff = Duration::from_secs(n);
+                }
+                "stats_log_interval_secs" => {
+                    s.stats_log_interval = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
+                }
                 "cache_max_entries" => s.cache_max_entries = parse_uint(&value).map_err(invalid)?,
                 "max_token_bytes" => {
                     let n = parse_uint(&value).map_err(invalid)?;
@@ -455,16 +484,32 @@ impl Settings {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
+            // Root and Dovecot's own group may read it; anyone else learns the provider setup and,
+            // with client credentials in it, can introspect tokens as us.
             if let Ok(meta) = std::fs::metadata(&self.path) {
-                if meta.mode() & 0o004 != 0 && self.client_secret.is_some() {
+                let group_ok = meta.gid() == 0 || group_name(meta.gid()).as_deref() == Some("dovecot");
+                if meta.mode() & 0o004 != 0 || (meta.mode() & 0o040 != 0 && !group_ok) {
                     self.warnings.push(format!(
-                        "{} holds client_secret and is readable by every local user; chmod 640 it",
-                        self.path.display()
+                        "{} is readable by users other than root and dovecot (mode {:o}); chmod 640 it, owner root, group root or dovecot",
+                        self.path.display(),
+                        meta.mode() & 0o777
                     ));
                 }
             }
         }
     }
+}
+
+/// The name of group `gid` from /etc/group (no libc call: this runs in Dovecot's auth-worker).
+#[cfg(unix)]
+fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == gid).then(|| name.to_string())
+    })
 }
 
 /// Splits `key = value`, dropping comments the way Dovecot's settings reader does ('#' outside quotes).
@@ -564,6 +609,29 @@ mod tests {
         assert_eq!(s.username_attribute, "email");
         assert_eq!(s.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MSECS));
         assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn world_readable_settings_file_gets_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("o2perm{}.conf", std::process::id()));
+        std::fs::write(&path, "introspection_url = https://idp/u\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Settings::load(&path).unwrap();
+        assert!(s.warnings.iter().any(|w| w.contains("readable by users other than root and dovecot")), "{:?}", s.warnings);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Settings::load(&path).unwrap().warnings.is_empty());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn availability_keys_have_documented_defaults() {
+        let s = parse("introspection_url = https://idp/u\n").unwrap();
+        assert_eq!(s.stale_if_error, Duration::ZERO);
+        assert_eq!(s.circuit_breaker_failures, 5);
+        assert_eq!(s.circuit_breaker_backoff, Duration::from_secs(10));
+        assert_eq!(s.stats_log_interval, Duration::ZERO);
+        assert!(parse("introspection_url = https://idp/u\ncircuit_breaker_backoff_secs = 0\n").is_err());
     }
 
     #[test]

@@ -40,4 +40,9 @@ impl Engine {
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth
     }
+
+    /// Verifies one login and returns the steps taken (for the troubleshooting command).
+    pub fn explain(&self, user: &str, token: &[u8]) -> (Outcome, Vec<String>) {
+        self.rt.block_on(crate::trace::traced(self.auth.verify(user, token)))
+    }
 }

@@ -77,6 +77,38 @@ pub enum Rejection {
     Opaque,
 }
 
+impl Rejection {
+    /// A short stable name for counters (`rejected_wrong_user=3`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::TooLarge(..) => "too_large",
+            Rejection::ProviderRefused(_) => "provider_refused",
+            Rejection::Inactive => "inactive",
+            Rejection::Expired(_) => "expired",
+            Rejection::NotYetValid(_) => "not_yet_valid",
+            Rejection::NoUsername(_) => "no_username",
+            Rejection::WrongUser { .. } => "wrong_user",
+            Rejection::AccountDisabled { .. } => "account_disabled",
+            Rejection::MissingScope(_) => "missing_scope",
+            Rejection::WrongAudience(_) => "wrong_audience",
+            Rejection::WrongIssuer(_) => "wrong_issuer",
+            Rejection::Invalid(_) => "invalid",
+            Rejection::Unsigned => "unsigned",
+            Rejection::HmacAlgorithm(_) => "hmac_algorithm",
+            Rejection::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            Rejection::WrongType(_) => "wrong_type",
+            Rejection::CriticalHeader(_) => "critical_header",
+            Rejection::UnknownKey(_) => "unknown_key",
+            Rejection::KeyAlgorithmMismatch { .. } => "key_algorithm_mismatch",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::MissingClaim(_) => "missing_claim",
+            Rejection::IssuedInFuture(_) => "issued_in_future",
+            Rejection::Opaque => "opaque",
+        }
+    }
+}
+
 /// Why no verdict could be reached now; the same login may succeed later.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Unavailable {
@@ -90,6 +122,8 @@ pub enum Unavailable {
     BadReply { url: String, reason: String },
     #[error("no signing keys from {url}: {reason}")]
     NoKeys { url: String, reason: String },
+    #[error("provider at {host} failed {failures} times in a row; not asked again for {retry_in_secs} s")]
+    CircuitOpen { host: String, failures: u32, retry_in_secs: u64 },
     #[error("{0}")]
     Settings(#[from] ConfigError),
     #[error("internal error: {0}")]

@@ -1,17 +1,24 @@
 //! One HTTP client per process: keep-alive pooled, rustls, bounded in time and size, no redirects,
-//! no proxy from the environment, and a resolver that runs on the calling thread (so the module
-//! never owns a thread that could outlive Dovecot unloading it).
+//! no proxy from the environment, a circuit breaker per provider host, and name lookups whose
+//! threads are joined before the module can be unloaded.
 
+use crate::breaker::Breaker;
 use crate::config::Settings;
 use crate::errors::{ConfigError, Unavailable};
-use std::net::ToSocketAddrs;
-use std::sync::Arc;
+use crate::stats::Stats;
+use crate::trace;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub struct Http {
     client: reqwest::Client,
     max_body: usize,
     timeout: Duration,
+    breaker: Breaker,
+    stats: Arc<Stats>,
+    lookups: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 /// A provider reply, body already read within the size cap.
@@ -24,22 +31,54 @@ pub struct Reply {
     pub cache_control: Option<String>,
 }
 
-/// getaddrinfo on the request's own thread: an auth-worker serves one login at a time, so this
-/// blocks nothing else, and unlike tokio's default resolver it leaves no blocking-pool thread behind.
-struct InlineResolver;
+/// getaddrinfo (so /etc/hosts and nsswitch apply as for Dovecot) on a short-lived thread, so a hung
+/// DNS server is bounded by the request timeout. Unlike tokio's blocking pool, every such thread is
+/// known and joined when the client is dropped, which happens before Dovecot can unload the module.
+struct ThreadResolver {
+    pending: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
 
-impl reqwest::dns::Resolve for InlineResolver {
+impl reqwest::dns::Resolve for ThreadResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<Vec<SocketAddr>>>();
+        let spawned = std::thread::Builder::new().name("oauth2-dns".into()).stack_size(256 * 1024).spawn(move || {
+            let _ = tx.send((host.as_str(), 0).to_socket_addrs().map(Iterator::collect));
+        });
+        match spawned {
+            Ok(handle) => {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                pending.retain(|h| !h.is_finished());
+                pending.push(handle);
+            }
+            Err(e) => return Box::pin(async move { Err(e.into()) }),
+        }
         Box::pin(async move {
-            let addrs: Vec<_> = (host.as_str(), 0).to_socket_addrs()?.collect();
+            let addrs = rx.await.map_err(|_| std::io::Error::other("name lookup thread ended"))??;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
 
+impl Drop for Http {
+    fn drop(&mut self) {
+        let pending = std::mem::take(&mut *self.lookups.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in pending {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The part of a URL that identifies the provider for the circuit breaker: host and port.
+fn breaker_key(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
 impl Http {
-    pub fn new(s: &Settings) -> Result<Http, ConfigError> {
+    pub fn new(s: &Settings, stats: Arc<Stats>) -> Result<Http, ConfigError> {
+        let lookups = Arc::new(Mutex::new(Vec::new()));
         let bad = |key: &str, reason: String| ConfigError::Invalid { path: s.path.clone(), line: 0, key: key.into(), reason };
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("dovecot-oauth2/", env!("CARGO_PKG_VERSION")))
@@ -49,7 +88,7 @@ impl Http {
             .pool_max_idle_per_host(s.max_parallel_connections)
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
-            .dns_resolver(Arc::new(InlineResolver))
+            .dns_resolver(Arc::new(ThreadResolver { pending: lookups.clone() }))
             .tls_danger_accept_invalid_certs(s.tls_allow_invalid_cert);
         let mut roots = Vec::new();
         if let Some(file) = &s.tls_ca_cert_file {
@@ -76,7 +115,8 @@ impl Http {
             b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad("tls_cert_file", e.to_string()))?);
         }
         let client = b.build().map_err(|e| bad("tls_ca_cert_file", e.to_string()))?;
-        Ok(Http { client, max_body: s.max_response_bytes, timeout: s.timeout })
+        let breaker = Breaker::new(s.circuit_breaker_failures, s.circuit_breaker_backoff);
+        Ok(Http { client, max_body: s.max_response_bytes, timeout: s.timeout, breaker, stats, lookups })
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -86,10 +126,45 @@ impl Http {
     /// Sends a request and reads at most `max_response_bytes` of its body, all within `timeout`.
     /// `shown_url` is what errors name: the configured URL without credentials or query.
     pub async fn send(&self, req: reqwest::RequestBuilder, shown_url: &str) -> Result<Reply, Unavailable> {
-        let started = Instant::now();
         let url = redact_url(shown_url);
+        let host = breaker_key(&url).to_string();
+        if let Err(open) = self.breaker.admit(&host) {
+            trace::note(|| format!("provider {host}: circuit open, not asked ({} failures in a row)", open.failures));
+            return Err(Unavailable::CircuitOpen {
+                host,
+                failures: open.failures,
+                retry_in_secs: open.retry_in.as_secs().max(1),
+            });
+        }
+        let request = req.build().map_err(|e| Unavailable::Internal(format!("request to {url}: {}", e.without_url())))?;
+        let method = request.method().clone();
+        let started = Instant::now();
+        let result = self.exchange(request, &url, started).await;
+        // 4xx answers mean the provider is up (it judged the token or our credentials); only silence,
+        // 5xx, 429, redirects and unusable replies count against it.
+        let failed = match &result {
+            Ok(r) => r.status >= 500 || r.status == 429 || (300..400).contains(&r.status),
+            Err(_) => true,
+        };
+        self.stats.provider_request(started.elapsed(), failed);
+        if failed {
+            if self.breaker.failure(&host) {
+                trace::note(|| format!("provider {host}: circuit opened after this failure"));
+            }
+        } else {
+            self.breaker.success(&host);
+        }
+        trace::note(|| match &result {
+            Ok(r) => format!("{method} {url} -> HTTP {} ({} bytes) in {} ms", r.status, r.body.len(), r.elapsed.as_millis()),
+            Err(e) => format!("{method} {url} -> {e}"),
+        });
+        result
+    }
+
+    async fn exchange(&self, request: reqwest::Request, url: &str, started: Instant) -> Result<Reply, Unavailable> {
+        let url = url.to_string();
         let work = async {
-            let mut resp = req.send().await.map_err(|e| classify(e, &url, self.timeout))?;
+            let mut resp = self.client.execute(request).await.map_err(|e| classify(e, &url, self.timeout))?;
             let status = resp.status().as_u16();
             let cache_control = resp
                 .headers()

@@ -427,7 +427,7 @@ mod tests {
     fn store_for(jwks_url: &str) -> (KeyStore, Http) {
         let text = format!("introspection_mode = local\njwks_url = {jwks_url}\nissuers = https://idp\n");
         let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
-        (KeyStore::new(&s), Http::new(&s).unwrap())
+        (KeyStore::new(&s), Http::new(&s, Default::default()).unwrap())
     }
 
     fn rt() -> tokio::runtime::Runtime {

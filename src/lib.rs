@@ -3,6 +3,7 @@
 //! The engine (settings, token, provider modes, rules, cache, HTTP) is plain Rust and is tested without
 //! Lua; the `lua` feature adds the small binding Dovecot loads with `require "dovecot_oauth2"`.
 
+pub mod breaker;
 pub mod cache;
 pub mod claims;
 pub mod config;
@@ -13,7 +14,9 @@ pub mod jwks;
 pub mod jwt;
 pub mod lookup;
 pub mod provider;
+pub mod stats;
 pub mod token;
+pub mod trace;
 
 #[cfg(feature = "lua")]
 mod lua;

@@ -9,7 +9,10 @@ use crate::http::Http;
 use crate::jwks::KeyStore;
 use crate::jwt::{self, Shape};
 use crate::provider;
+use crate::stats::{Snapshot, Stats};
 use crate::token::{fingerprint, Token};
+use crate::trace;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Authenticator {
@@ -18,6 +21,7 @@ pub struct Authenticator {
     cache: VerdictCache,
     /// Signing keys for `introspection_mode = local` (empty otherwise), fetched on first use.
     keys: KeyStore,
+    stats: Arc<Stats>,
 }
 
 /// A verdict with what an admin needs to understand it.
@@ -54,6 +58,7 @@ impl Outcome {
     pub fn accept_line(&self, user: &str) -> String {
         let how = match self.source {
             Some(Source::Cache) => "from cache".to_string(),
+            Some(Source::Stale) => "from stale cache, provider unavailable".to_string(),
             _ if self.local => format!("checked locally in {} ms", self.elapsed.as_millis()),
             _ => format!("by provider in {} ms", self.elapsed.as_millis()),
         };
@@ -67,10 +72,20 @@ pub fn unix_now() -> u64 {
 
 impl Authenticator {
     pub fn new(settings: Settings) -> Result<Authenticator, ConfigError> {
-        let http = Http::new(&settings)?;
+        let stats = Arc::new(Stats::new(settings.stats_log_interval));
+        let http = Http::new(&settings, stats.clone())?;
         let cache = VerdictCache::new(if settings.cache_ttl.is_zero() { 0 } else { settings.cache_max_entries });
         let keys = KeyStore::new(&settings);
-        Ok(Authenticator { settings, http, cache, keys })
+        Ok(Authenticator { settings, http, cache, keys, stats })
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.stats.snapshot()
+    }
+
+    /// The counters line, when `stats_log_interval_secs` has passed since the last one.
+    pub fn stats_due_line(&self) -> Option<String> {
+        self.stats.due_line()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -83,14 +98,16 @@ impl Authenticator {
 
     pub async fn verify(&self, login_user: &str, raw_token: &[u8]) -> Outcome {
         let started = Instant::now();
-        let (verdict, source) = match self.decide(login_user, raw_token).await {
+        let mut warnings = Vec::new();
+        let (verdict, source) = match self.decide(login_user, raw_token, &mut warnings).await {
             Ok((fields, source)) => (Verdict::Accept(fields), Some(source)),
             Err((e, source)) => (Verdict::from(Err(e)), source),
         };
+        self.stats.login(&verdict, source);
         // JWT-shaped (two dots): enough for the debug line, without decoding the token again.
         let local = self.settings.introspection_mode == IntrospectionMode::Local
             && raw_token.iter().filter(|&&b| b == b'.').count() == 2;
-        let warnings = self.keys.take_notes();
+        warnings.extend(self.keys.take_notes());
         Outcome { verdict, source, fingerprint: fingerprint(raw_token), elapsed: started.elapsed(), local, warnings }
     }
 
@@ -98,14 +115,30 @@ impl Authenticator {
         &self,
         login_user: &str,
         raw: &[u8],
+        warnings: &mut Vec<String>,
     ) -> Result<(Vec<(String, String)>, Source), (AuthError, Option<Source>)> {
         let token = Token::parse(raw, self.settings.max_token_bytes).map_err(|r| (r.into(), None))?;
+        trace::note(|| {
+            let shape = if token.looks_like_jwt() { "JWT-shaped" } else { "opaque" };
+            format!("token: {} bytes, {shape}, {}", raw.len(), fingerprint(raw))
+        });
         let key = VerdictCache::key(login_user, raw);
-        let (entry, source) = self
+        let (entry, source, stale_because) = self
             .cache
             .get_or_load(key, self.load(login_user, token))
             .await
             .map_err(|u| (u.into(), Some(Source::Provider)))?;
+        if let Some(why) = stale_because {
+            warnings.push(format!(
+                "accepted on an earlier verdict ({} s old, stale_if_error_secs) because {why}",
+                entry.created.elapsed().as_secs()
+            ));
+        }
+        trace::note(|| match source {
+            Source::Cache => format!("cache: hit, verdict {} s old", entry.created.elapsed().as_secs()),
+            Source::Stale => "cache: stale acceptance used, provider unavailable".into(),
+            Source::Provider => format!("cache: miss; verdict kept {} s", entry.ttl.as_secs()),
+        });
         match &entry.verdict {
             Ok(identity) => Ok((identity.fields.clone(), source)),
             Err(r) => Err((r.clone().into(), Some(source))),
@@ -116,7 +149,7 @@ impl Authenticator {
     /// verdict may be reused.
     async fn load(&self, login_user: &str, token: Token<'_>) -> Result<Entry, Unavailable> {
         let s = &self.settings;
-        let negative = |r: Rejection| Ok(Entry { verdict: Err(r), ttl: s.cache_negative_ttl });
+        let negative = |r: Rejection| Ok(Entry::new(Err(r), s.cache_negative_ttl, Duration::ZERO));
         let now = unix_now();
         let checked = if s.introspection_mode == IntrospectionMode::Local {
             match jwt::shape(token.as_str()) {
@@ -133,7 +166,10 @@ impl Authenticator {
         let checked = match checked {
             Some(local) => local,
             None => match provider::fetch_claims(&self.http, s, token).await {
-                Ok(claims) => claims::check(s, &claims, login_user, now).map_err(AuthError::from),
+                Ok(claims) => {
+                    trace::note(|| describe_claims(s, &claims, now));
+                    claims::check(s, &claims, login_user, now).map_err(AuthError::from)
+                }
                 Err(e) => Err(e),
             },
         };
@@ -141,15 +177,42 @@ impl Authenticator {
             Err(AuthError::Unavailable(u)) => Err(u),
             Err(AuthError::Rejected(r)) => negative(r),
             Ok(identity) => {
+                // Never reuse an acceptance past the token's own expiry, stale or not.
                 let exp = identity.expires_at.or_else(|| token.unverified_jwt_exp());
-                let ttl = match exp {
-                    Some(exp) => s.cache_ttl.min(Duration::from_secs(exp.saturating_sub(now))),
-                    None => s.cache_ttl,
+                let (ttl, stale) = match exp {
+                    Some(exp) => {
+                        let left = Duration::from_secs(exp.saturating_sub(now));
+                        let ttl = s.cache_ttl.min(left);
+                        (ttl, s.stale_if_error.min(left - ttl))
+                    }
+                    None => (s.cache_ttl, s.stale_if_error),
                 };
-                Ok(Entry { verdict: Ok(identity), ttl })
+                Ok(Entry::new(Ok(identity), ttl, stale))
             }
         }
     }
+}
+
+/// The claims that decide a login, for the troubleshooting trace (values a token's owner may see
+/// in their own token; never the token).
+fn describe_claims(s: &Settings, claims: &claims::Claims, now: u64) -> String {
+    let mut parts = vec![format!(
+        "{} = {}",
+        s.username_attribute,
+        claims::claim_text(claims, &s.username_attribute).unwrap_or_else(|| "(missing)".into())
+    )];
+    for name in ["active", "scope", "aud", "iss"] {
+        if let Some(v) = claims::claim_text(claims, name) {
+            parts.push(format!("{name} = {v}"));
+        }
+    }
+    if let Some(exp) = claims.get("exp").and_then(|v| v.as_u64()) {
+        parts.push(if exp > now { format!("exp in {} s", exp - now) } else { format!("exp {} s ago", now - exp) });
+    }
+    if let Some(a) = &s.active_attribute {
+        parts.push(format!("{a} = {}", claims::claim_text(claims, a).unwrap_or_else(|| "(missing)".into())));
+    }
+    format!("provider claims: {}", parts.join(", "))
 }
 
 #[cfg(test)]
@@ -292,6 +355,98 @@ mod tests {
             assert!(req.starts_with("POST /introspect"), "{req}");
             assert!(req.to_lowercase().contains("authorization: basic ZG92ZWNvdDpzM2NyZXQ=".to_lowercase().as_str()), "{req}");
             assert!(req.ends_with("token=tok%2B%2F%3D&token_type_hint=access_token"), "{req}");
+        });
+    }
+
+    #[test]
+    fn failing_provider_opens_the_circuit_then_logins_fail_fast_and_cached_tokens_still_work() {
+        rt().block_on(async {
+            let srv = TestServer::routes(&[("/u", Canned::json(200, r#"{"email":"a@x"}"#))]).await;
+            let a = auth("circuit_breaker_failures = 2\ncircuit_breaker_backoff_secs = 1\n", &srv.url("/u"));
+            assert!(matches!(a.verify("a@x", b"cached").await.verdict, Verdict::Accept(_)));
+            srv.set("/u", Canned::json(503, "{}"));
+            assert!(matches!(a.verify("a@x", b"t1").await.verdict, Verdict::TempFail(Unavailable::Status { .. })));
+            assert!(matches!(a.verify("a@x", b"t2").await.verdict, Verdict::TempFail(Unavailable::Status { .. })));
+            let o = a.verify("a@x", b"t3").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::CircuitOpen { failures: 2, .. })), "{:?}", o.verdict);
+            assert_eq!(srv.count("/u"), 3, "no request while the circuit is open");
+            assert!(matches!(a.verify("a@x", b"cached").await.verdict, Verdict::Accept(_)));
+            // It recovers by itself: after the back-off one probe goes through and closes it.
+            srv.set("/u", Canned::json(200, r#"{"email":"a@x"}"#));
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert!(matches!(a.verify("a@x", b"t4").await.verdict, Verdict::Accept(_)));
+            assert!(matches!(a.verify("a@x", b"t5").await.verdict, Verdict::Accept(_)));
+        });
+    }
+
+    #[test]
+    fn provider_rejections_do_not_open_the_circuit() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(401, "{}")).await;
+            let a = auth("circuit_breaker_failures = 2\n", &srv.url("/u"));
+            for t in [&b"t1"[..], b"t2", b"t3", b"t4"] {
+                assert!(matches!(a.verify("a@x", t).await.verdict, Verdict::Reject(_)));
+            }
+            assert_eq!(srv.requests().len(), 4);
+        });
+    }
+
+    #[test]
+    fn stale_if_error_accepts_an_expired_cache_entry_only_while_the_provider_cannot_answer() {
+        rt().block_on(async {
+            let srv = TestServer::routes(&[("/u", Canned::json(200, r#"{"email":"a@x"}"#))]).await;
+            let a = auth("cache_ttl_secs = 1\nstale_if_error_secs = 600\ncircuit_breaker_failures = 0\n", &srv.url("/u"));
+            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            srv.set("/u", Canned::json(503, "{}"));
+            let o = a.verify("a@x", b"t").await;
+            assert!(matches!(o.verdict, Verdict::Accept(_)), "{:?}", o.verdict);
+            assert_eq!(o.source, Some(Source::Stale));
+            assert!(o.warnings.iter().any(|w| w.contains("stale_if_error_secs")), "{:?}", o.warnings);
+            // When the provider answers again, its answer wins (here: revoked).
+            srv.set("/u", Canned::json(401, "{}"));
+            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Reject(Rejection::ProviderRefused(401))));
+        });
+    }
+
+    #[test]
+    fn without_stale_if_error_an_expired_cache_entry_is_a_temporary_failure_when_the_provider_is_down() {
+        rt().block_on(async {
+            let srv = TestServer::routes(&[("/u", Canned::json(200, r#"{"email":"a@x"}"#))]).await;
+            let a = auth("cache_ttl_secs = 1\n", &srv.url("/u"));
+            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            srv.set("/u", Canned::json(503, "{}"));
+            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::TempFail(_)));
+        });
+    }
+
+    #[test]
+    fn counters_follow_verdicts_cache_and_provider_requests() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#)).await;
+            let a = auth("", &srv.url("/u"));
+            a.verify("a@x", b"t").await;
+            a.verify("a@x", b"t").await;
+            a.verify("b@x", b"t").await;
+            let s = a.stats();
+            assert_eq!((s.accepted, s.rejected, s.cache_hits, s.cache_misses, s.provider_requests), (2, 1, 1, 2, 2));
+            assert_eq!(s.rejected_by.get("wrong_user"), Some(&1));
+        });
+    }
+
+    #[test]
+    fn a_traced_login_notes_endpoint_status_claims_and_cache_but_never_the_token() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x","scope":"mail"}"#)).await;
+            let a = auth("", &srv.url("/u"));
+            let (o, steps) = crate::trace::traced(a.verify("a@x", b"secret-tok")).await;
+            assert!(matches!(o.verdict, Verdict::Accept(_)));
+            let all = steps.join("\n");
+            assert!(all.contains("GET http://127.0.0.1:") && all.contains("-> HTTP 200"), "{all}");
+            assert!(all.contains("email = a@x") && all.contains("scope = mail"), "{all}");
+            assert!(all.contains("cache: miss"), "{all}");
+            assert!(!all.contains("secret-tok"), "{all}");
         });
     }
 

@@ -102,6 +102,9 @@ impl Validator {
         for w in &outcome.warnings {
             req_log(&req, "log_warning", &format!("dovecot-oauth2: {w}"))?;
         }
+        if let Some(line) = self.engine.get().and_then(|e| e.authenticator().stats_due_line()) {
+            req_log(&req, "log_info", &line)?;
+        }
         let debug = self.engine.get().is_some_and(|e| e.settings().debug);
         match &outcome.verdict {
             Verdict::Accept(fields) => {
@@ -133,6 +136,28 @@ impl LuaUserData for Validator {
     fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("verify", |lua, this, (req, token): (LuaValue, LuaString)| this.verify(lua, req, token));
         methods.add_method("settings_path", |_, this, ()| Ok(this.path.display().to_string()));
+        // Counters of this process (nil before its first login): accepted, rejected, rejected_<kind>,
+        // tempfail, cache_hits, cache_misses, stale_used, provider_requests, provider_failures,
+        // provider_msecs_total, provider_msecs_max.
+        methods.add_method("stats", |lua, this, ()| {
+            let Some(engine) = this.engine.get() else { return Ok(LuaValue::Nil) };
+            let s = engine.authenticator().stats();
+            let t = lua.create_table()?;
+            t.set("accepted", s.accepted)?;
+            t.set("rejected", s.rejected)?;
+            for (k, v) in &s.rejected_by {
+                t.set(format!("rejected_{k}"), *v)?;
+            }
+            t.set("tempfail", s.tempfail)?;
+            t.set("cache_hits", s.cache_hits)?;
+            t.set("cache_misses", s.cache_misses)?;
+            t.set("stale_used", s.stale_used)?;
+            t.set("provider_requests", s.provider_requests)?;
+            t.set("provider_failures", s.provider_failures)?;
+            t.set("provider_msecs_total", s.provider_msecs_total)?;
+            t.set("provider_msecs_max", s.provider_msecs_max)?;
+            Ok(LuaValue::Table(t))
+        });
     }
 }
 

@@ -85,3 +85,61 @@ def test_provider_name_that_does_not_resolve_is_a_temporary_failure(make_stack, 
     r = s.imap_login(ALICE, fresh_token(stub))
     assert r.tempfail, r.text
     assert "provider unreachable at http://provider.does-not-exist.invalid/userinfo" in s.wait_log(mark, "temporary failure")
+
+
+@pytest.fixture
+def make_stub_stack(make_stack):
+    stubs = []
+
+    def make(settings_extra: str, **kw):
+        st = FaultStub().start()
+        stubs.append(st)
+        s = make_stack(f"introspection_url = {st.url}\ntimeout_msecs = {TIMEOUT_MS}\n{settings_extra}",
+                       postfix=False, auth_worker_max_count=1, **kw)
+        return s, st
+
+    yield make
+    for st in stubs:
+        st.stop()
+
+
+def test_after_consecutive_failures_the_provider_is_left_alone_and_logins_fail_fast(make_stub_stack):
+    s, st = make_stub_stack("circuit_breaker_failures = 3\ncircuit_breaker_backoff_secs = 2\n")
+    cached = fresh_token(st)
+    assert s.imap_login(ALICE, cached).ok
+    st.set("status", 503)
+    for _ in range(3):
+        assert s.imap_login(ALICE, fresh_token(st)).tempfail
+    asked = st.requests
+    mark = s.log_mark()
+    started = time.monotonic()
+    assert s.imap_login(ALICE, fresh_token(st)).tempfail
+    assert time.monotonic() - started < 1.0
+    assert st.requests == asked, "the provider was asked while the circuit was open"
+    assert "failed 3 times in a row; not asked again for" in s.wait_log(mark, "temporary failure")
+    assert s.imap_login(ALICE, cached).ok, "cached tokens keep working"
+    # It recovers by itself once the provider answers again.
+    st.set("ok")
+    time.sleep(2.2)
+    assert s.imap_login(ALICE, fresh_token(st)).ok
+
+
+def test_stale_if_error_accepts_a_known_token_past_its_cache_ttl_while_the_provider_is_down(make_stub_stack):
+    s, st = make_stub_stack("cache_ttl_secs = 1\nstale_if_error_secs = 300\ncircuit_breaker_failures = 0\n")
+    known = fresh_token(st)
+    assert s.imap_login(ALICE, known).ok
+    time.sleep(1.2)
+    st.set("status", 502)
+    mark = s.log_mark()
+    assert s.imap_login(ALICE, known).ok
+    assert "stale_if_error_secs" in s.wait_log(mark, "earlier verdict")
+    assert s.imap_login(ALICE, fresh_token(st)).tempfail, "a token never seen is not accepted"
+
+
+def test_without_stale_if_error_a_known_token_past_its_cache_ttl_is_a_temporary_failure(make_stub_stack):
+    s, st = make_stub_stack("cache_ttl_secs = 1\ncircuit_breaker_failures = 0\n")
+    known = fresh_token(st)
+    assert s.imap_login(ALICE, known).ok
+    time.sleep(1.2)
+    st.set("status", 502)
+    assert s.imap_login(ALICE, known).tempfail

@@ -1,0 +1,136 @@
+//! Troubleshooting: checks one token for one user exactly as the Dovecot module would, and prints each
+//! step (mode, endpoint and HTTP status, the claims that decided, cache state) and the verdict.
+//! Never prints the token. Exit code: 0 accepted, 1 rejected, 2 temporary failure or bad settings.
+//! Needs no Lua, so it runs inside a docker-mailserver container as it is.
+
+use dovecot_oauth2::config::{IntrospectionMode, Settings};
+use dovecot_oauth2::http::redact_url;
+use dovecot_oauth2::token::fingerprint;
+use dovecot_oauth2::{Engine, Verdict};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: dovecot-oauth2-check [-c SETTINGS_FILE] USER [TOKEN | -]
+
+Checks TOKEN for USER as Dovecot's Lua passdb with dovecot_oauth2 would, printing each step.
+The token is read from standard input when it is '-' or not given (keeps it out of shell history).
+SETTINGS_FILE defaults to $DOVECOT_OAUTH2_CONFIG, else /etc/dovecot/dovecot-oauth2.conf.ext.
+Exit code: 0 accepted, 1 authentication failed, 2 temporary failure or unusable settings.";
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") || args.is_empty() {
+        println!("{USAGE}");
+        return if args.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    }
+    let mut path = std::env::var_os("DOVECOT_OAUTH2_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/dovecot/dovecot-oauth2.conf.ext"));
+    if let Some(i) = args.iter().position(|a| a == "-c" || a == "--config") {
+        if i + 1 >= args.len() {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+        path = PathBuf::from(args.remove(i + 1));
+        args.remove(i);
+    }
+    let (user, token) = match args.as_slice() {
+        [user] => (user.clone(), None),
+        [user, t] if t == "-" => (user.clone(), None),
+        [user, t] => (user.clone(), Some(t.clone().into_bytes())),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                eprintln!("cannot read the token from standard input: {e}");
+                return ExitCode::from(2);
+            }
+            while buf.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                buf.pop();
+            }
+            buf
+        }
+    };
+
+    println!("settings: {}", path.display());
+    let settings = match Settings::load(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("verdict: TEMPORARY FAILURE: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &settings.warnings {
+        println!("warning: {w}");
+    }
+    describe_settings(&settings);
+    println!("user: {user}");
+    println!("token: {} bytes, {}", token.len(), fingerprint(&token));
+    let engine = match Engine::new(settings) {
+        Ok(e) => e,
+        Err(e) => {
+            println!("verdict: TEMPORARY FAILURE: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("cache: empty (this is a new process; each Dovecot auth-worker keeps its own cache)");
+    let (outcome, steps) = engine.explain(&user, &token);
+    for step in steps {
+        println!("step: {step}");
+    }
+    for w in &outcome.warnings {
+        println!("warning: {w}");
+    }
+    match &outcome.verdict {
+        Verdict::Accept(fields) => {
+            println!("verdict: ACCEPTED in {} ms", outcome.elapsed.as_millis());
+            for (k, v) in fields {
+                println!("passdb field: {k}={v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Verdict::Reject(r) => {
+            println!("verdict: AUTHENTICATION FAILED: {r}");
+            ExitCode::from(1)
+        }
+        Verdict::TempFail(u) => {
+            println!("verdict: TEMPORARY FAILURE: {u}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn describe_settings(s: &Settings) {
+    let mode = match s.introspection_mode {
+        IntrospectionMode::Auth => "auth (GET with Bearer token: userinfo style)",
+        IntrospectionMode::Get => "get (token appended to the URL)",
+        IntrospectionMode::Post => "post (RFC 7662 introspection)",
+        IntrospectionMode::Local => "local (JWT signature checked in the module)",
+    };
+    println!("mode: {mode}");
+    if let Some(u) = &s.tokeninfo_url {
+        println!("tokeninfo_url: {}", redact_url(u));
+    }
+    if let Some(u) = &s.introspection_url {
+        println!("introspection_url: {}", redact_url(u));
+    }
+    for u in &s.openid_configuration_url {
+        println!("openid_configuration_url: {}", redact_url(u));
+    }
+    for u in &s.jwks_url {
+        println!("jwks_url: {}", redact_url(u));
+    }
+    println!("username_attribute: {} (compared after username_format)", s.username_attribute);
+    for (name, list) in [("scope", &s.scope), ("audience", &s.audience), ("issuers", &s.issuers)] {
+        if !list.is_empty() {
+            println!("{name}: {}", list.join(" "));
+        }
+    }
+}

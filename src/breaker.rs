@@ -1,0 +1,146 @@
+//! A circuit breaker per provider host: after `circuit_breaker_failures` consecutive failures (no
+//! answer, timeout, 5xx, 429, unusable reply), requests to that host fail at once for a back-off
+//! (doubling on each failed probe, up to 8x), then one request probes it; an answer closes it again.
+//! A provider that is down then costs logins nothing but a fast temporary failure, cached tokens keep
+//! working, and the provider is not hammered while it recovers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct Breaker {
+    threshold: u32,
+    backoff: Duration,
+    hosts: Mutex<HashMap<String, HostState>>,
+}
+
+#[derive(Default)]
+struct HostState {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// Consecutive trips, for the doubling back-off.
+    trips: u32,
+}
+
+/// Why a request was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open {
+    pub failures: u32,
+    pub retry_in: Duration,
+}
+
+impl Breaker {
+    /// `threshold = 0` turns the breaker off.
+    pub fn new(threshold: u32, backoff: Duration) -> Breaker {
+        Breaker { threshold, backoff, hosts: Mutex::new(HashMap::new()) }
+    }
+
+    /// May a request to `host` be sent now? While open: no. After the back-off: yes, one probe.
+    pub fn admit(&self, host: &str) -> Result<(), Open> {
+        if self.threshold == 0 {
+            return Ok(());
+        }
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(st) = hosts.get_mut(host) else { return Ok(()) };
+        match st.open_until {
+            Some(until) if Instant::now() < until => Err(Open { failures: st.failures, retry_in: until - Instant::now() }),
+            Some(_) => {
+                // Half-open: let this one through; until it reports, others wait out a fresh back-off.
+                st.open_until = Some(Instant::now() + self.backoff);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn success(&self, host: &str) {
+        if self.threshold == 0 {
+            return;
+        }
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.remove(host);
+    }
+
+    /// Records a failure; returns true when this one opened the circuit.
+    pub fn failure(&self, host: &str) -> bool {
+        if self.threshold == 0 {
+            return false;
+        }
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let st = hosts.entry(host.to_string()).or_default();
+        st.failures = st.failures.saturating_add(1);
+        if st.failures >= self.threshold {
+            let factor = 1u32 << st.trips.min(3);
+            st.open_until = Some(Instant::now() + self.backoff * factor);
+            st.trips += 1;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_the_threshold_of_consecutive_failures() {
+        let b = Breaker::new(3, Duration::from_secs(10));
+        assert!(!b.failure("h") && !b.failure("h"));
+        assert!(b.admit("h").is_ok());
+        assert!(b.failure("h"));
+        let open = b.admit("h").unwrap_err();
+        assert_eq!(open.failures, 3);
+        assert!(open.retry_in <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let b = Breaker::new(3, Duration::from_secs(10));
+        b.failure("h");
+        b.failure("h");
+        b.success("h");
+        assert!(!b.failure("h"));
+        assert!(b.admit("h").is_ok());
+    }
+
+    #[test]
+    fn hosts_are_independent() {
+        let b = Breaker::new(1, Duration::from_secs(10));
+        b.failure("a");
+        assert!(b.admit("a").is_err());
+        assert!(b.admit("b").is_ok());
+    }
+
+    #[test]
+    fn after_the_backoff_one_probe_is_let_through_and_success_closes() {
+        let b = Breaker::new(1, Duration::from_millis(30));
+        b.failure("h");
+        assert!(b.admit("h").is_err());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit("h").is_ok(), "probe");
+        assert!(b.admit("h").is_err(), "only one probe at a time");
+        b.success("h");
+        assert!(b.admit("h").is_ok());
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_with_a_longer_backoff() {
+        let b = Breaker::new(1, Duration::from_millis(30));
+        b.failure("h");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit("h").is_ok());
+        b.failure("h");
+        let open = b.admit("h").unwrap_err();
+        assert!(open.retry_in > Duration::from_millis(30), "{:?}", open.retry_in);
+    }
+
+    #[test]
+    fn threshold_zero_never_opens() {
+        let b = Breaker::new(0, Duration::from_secs(10));
+        for _ in 0..100 {
+            b.failure("h");
+        }
+        assert!(b.admit("h").is_ok());
+    }
+}
