@@ -24,6 +24,9 @@ mod lua;
 #[cfg(test)]
 mod testutil;
 
+#[cfg(test)]
+mod properties;
+
 pub use config::Settings;
 pub use engine::Engine;
 pub use errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};

@@ -77,7 +77,7 @@ fn oauth2_refs(template: &str) -> Vec<&str> {
 /// 401/403 (and 400, RFC 6750's invalid_request) mean "this token is no good" when the token is the
 /// credential (userinfo, tokeninfo); for RFC 7662 POST they mean *our* client credentials were refused,
 /// which is an admin problem, not the user's: temporary failure.
-fn parse_reply(reply: &Reply, url: &str, client_authenticated: bool) -> Result<Claims, AuthError> {
+pub fn parse_reply(reply: &Reply, url: &str, client_authenticated: bool) -> Result<Claims, AuthError> {
     let shown = redact_url(url);
     match reply.status {
         200 => {}
