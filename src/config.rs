@@ -106,10 +106,12 @@ impl UsernameFormat {
                         UserVar::Name => name,
                         UserVar::Domain => domain,
                     };
+                    // ASCII only, as Dovecot's %L/%U: Unicode case folding would make distinct names
+                    // equal (KELVIN SIGN lowercases to 'k'), letting one user's token open another's box.
                     match case {
                         Case::Keep => out.push_str(v),
-                        Case::Lower => out.push_str(&v.to_lowercase()),
-                        Case::Upper => out.push_str(&v.to_uppercase()),
+                        Case::Lower => out.push_str(&v.to_ascii_lowercase()),
+                        Case::Upper => out.push_str(&v.to_ascii_uppercase()),
                     }
                 }
             }
@@ -694,6 +696,14 @@ mod tests {
         std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
         let s = Settings::parse(&dir.join("x.conf"), "introspection_url = https://idp/i\nintrospection_mode = post\nclient_id = dovecot\nclient_secret = <secret\n").unwrap();
         assert_eq!(s.client_secret.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn username_format_folds_ascii_case_only_so_lookalike_names_stay_distinct() {
+        let f = UsernameFormat::parse("%Lu").unwrap();
+        assert_eq!(f.apply("\u{212A}ate@x.test"), "\u{212A}ate@x.test");
+        assert_ne!(f.apply("\u{212A}ate@x.test"), f.apply("kate@x.test"));
+        assert_eq!(f.apply("ÉLISE@X.TEST"), "Élise@x.test");
     }
 
     #[test]

@@ -818,14 +818,16 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 pass
 
     def smtp_login(self, user: str, token: str, mech: str = "OAUTHBEARER",
-                   server: str = "postfix", initial_response: bool | None = None) -> Result:
+                   server: str = "postfix", initial_response: bool | None = None,
+                   starttls: bool = False) -> Result:
         """EHLO + AUTH against Postfix's submission (server="postfix", the default) or against
         Dovecot's own submission service (server="dovecot").
 
         initial_response: send the SASL string on the AUTH line (RFC 4954 initial response) or
         after an empty "334" challenge.  None = auto: always for Postfix (line_length_limit is
         raised), for Dovecot only when the AUTH line stays short (its submission rejects long
-        command lines with "500 5.5.2 Line too long")."""
+        command lines with "500 5.5.2 Line too long").
+        starttls: switch to TLS (certificate not checked) before AUTH."""
         if server == "postfix":
             if not self.use_postfix:
                 raise RuntimeError("stack started without postfix")
@@ -847,6 +849,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         try:
             code, msg = smtp.ehlo("client.example.test")
             transcript.append(f"{code} {msg.decode(errors='replace')}")
+            if starttls:  # e.g. docker-mailserver's submission (smtpd_tls_security_level=encrypt)
+                import ssl
+                code, msg = smtp.starttls(context=ssl._create_unverified_context())
+                transcript.append(f"{code} {msg.decode(errors='replace')}")
+                code, msg = smtp.ehlo("client.example.test")
+                transcript.append(f"{code} {msg.decode(errors='replace')}")
             b64 = _b64(sasl)
             if initial_response is None:
                 initial_response = server == "postfix" or len(b64) <= 400
