@@ -54,18 +54,18 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
     let leeway = settings.leeway.as_secs();
     let expires_at = claim_u64(claims, "exp");
     if let Some(exp) = expires_at {
-        if exp + leeway <= now {
+        if exp.saturating_add(leeway) <= now {
             return Err(Rejection::Expired(now - exp));
         }
     }
     if let Some(nbf) = claim_u64(claims, "nbf") {
-        if nbf > now + leeway {
+        if nbf > now.saturating_add(leeway) {
             return Err(Rejection::NotYetValid(nbf - now));
         }
     }
     // A token minted in the future means a clock far off or a forged token.
     if let Some(iat) = claim_u64(claims, "iat") {
-        if iat > now + leeway {
+        if iat > now.saturating_add(leeway) {
             return Err(Rejection::IssuedInFuture(iat - now));
         }
     }

@@ -138,8 +138,19 @@ impl Http {
         }
         let request = req.build().map_err(|e| Unavailable::Internal(format!("request to {url}: {}", e.without_url())))?;
         let method = request.method().clone();
+        let retry = request.try_clone();
         let started = Instant::now();
-        let result = self.exchange(request, &url, started).await;
+        let mut result = self.exchange(request, &url, started).await;
+        // The runtime only runs during a login, so a pooled keep-alive connection the provider closed
+        // meanwhile (idle timeout, restart) is only noticed when reused: it fails at once ("connection
+        // closed before message completed"). One retry, on a new connection, within the same time
+        // budget; timeouts are not retried (the budget is spent).
+        if let (Err(Unavailable::Unreachable { .. }), Some(again)) = (&result, retry) {
+            if started.elapsed() < self.timeout / 2 {
+                trace::note(|| format!("{method} {url}: connection failed, retrying once on a new connection"));
+                result = self.exchange(again, &url, started).await;
+            }
+        }
         // 4xx answers mean the provider is up (it judged the token or our credentials); only silence,
         // 5xx, 429, redirects and unusable replies count against it.
         let failed = match &result {
@@ -183,7 +194,7 @@ impl Http {
             }
             Ok(Reply { status, body, elapsed: started.elapsed(), cache_control })
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout(self.timeout.saturating_sub(started.elapsed()), work).await {
             Ok(r) => r,
             Err(_) => Err(Unavailable::Timeout { url, msecs: self.timeout.as_millis() as u64 }),
         }

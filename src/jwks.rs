@@ -142,13 +142,8 @@ impl KeyStore {
             }
             st.attempted_at = Some(Instant::now());
         }
-        let mut result = fetch(http, src.kind, &src.url, self.max_age_cap).await;
-        // Keys are fetched rarely, so the pooled keep-alive connection is often one the provider closed
-        // long ago (idle timeout, restart): it fails at once ("connection closed before message
-        // completed"). One retry opens a new connection. Timeouts are not retried.
-        if matches!(result, Err(Unavailable::Unreachable { .. })) {
-            result = fetch(http, src.kind, &src.url, self.max_age_cap).await;
-        }
+        // A stale pooled connection is retried once by Http::send.
+        let result = fetch(http, src.kind, &src.url, self.max_age_cap).await;
         let mut st = src.state.lock().unwrap();
         match result {
             Ok(f) => {

@@ -451,6 +451,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_connection_the_provider_closed_between_logins_is_retried_on_a_new_one() {
+        use std::io::{BufRead, BufReader, Write};
+        // A provider on a plain thread that closes each kept-alive connection shortly after answering,
+        // while this process's runtime is idle (as between two logins in an auth-worker).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(3) {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let body = r#"{"email":"a@x"}"#;
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                std::thread::sleep(Duration::from_millis(50));
+                drop(conn);
+            }
+        });
+        let text = format!("introspection_url = http://127.0.0.1:{port}/u\n");
+        let engine = crate::Engine::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
+        assert!(matches!(engine.verify("a@x", b"t1").verdict, Verdict::Accept(_)));
+        std::thread::sleep(Duration::from_millis(200));
+        let o = engine.verify("a@x", b"t2");
+        assert!(matches!(o.verdict, Verdict::Accept(_)), "{:?}", o.verdict);
+    }
+
+    #[test]
     fn malformed_token_never_reaches_the_provider() {
         rt().block_on(async {
             let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#)).await;
