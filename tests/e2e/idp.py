@@ -211,10 +211,11 @@ class IdP:
                 self._proc.kill()
                 self._proc.wait()
         self._cleanup()
-        # wait until the port is free again
+        # wait until the port is free again (as Node will bind it: TIME_WAIT leftovers do not count)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", self.port))
                     return

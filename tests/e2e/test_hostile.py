@@ -1,0 +1,145 @@
+"""Hostile input end to end (issue 6): tokens of every size and byte, SASL messages with extra
+separators, usernames that differ only in case or Unicode form. None may crash an auth-worker, none
+may be accepted for anyone but the token's owner."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+
+import pytest
+
+from authclient import AuthClient, xoauth2
+from conftest import LUA_SCRIPT
+from faultstub import FaultStub
+from mailstack import MailStack
+
+ALICE = "alice@example.test"
+CRASH = re.compile(r"Fatal|Panic|killed with signal (?!15\b)\d+|segfault|panicked", re.I)
+
+
+@pytest.fixture(scope="module")
+def stub():
+    s = FaultStub().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile_stack(workroot, module_dir, stub):
+    d = tempfile.mkdtemp(prefix="hostile-", dir=workroot)
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "dovecot-oauth2.conf.ext")
+    with open(path, "w") as f:
+        f.write(f"introspection_url = {stub.url}\nmax_token_bytes = 4096\n")
+    s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir,
+                  postfix=False, auth_worker_max_count=2)
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def hostile(hostile_stack, stub):
+    s = hostile_stack
+    c = AuthClient(s.auth_client_socket)
+    yield s, c
+    # Whatever the test sent, the auth process is alive and still gives right answers.
+    verdict, fields = c.auth("XOAUTH2", xoauth2(ALICE, known_token(stub, ALICE, "after")))
+    c.close()
+    assert verdict == "OK", fields
+    log = open(s.log_path, errors="replace").read()
+    assert not CRASH.search(log), CRASH.search(log).group(0)
+
+
+def known_token(stub, email=ALICE, tag="t") -> str:
+    t = f"hostile-{tag}-{time.time_ns()}"
+    stub.tokens[t] = email
+    return t
+
+
+@pytest.mark.parametrize("size", [1, 2, 64, 1024, 4096, 4097, 8192, 12000])
+def test_unknown_tokens_of_any_size_fail_and_oversized_ones_never_reach_the_provider(hostile, stub, size):
+    s, c = hostile
+    before = stub.requests
+    mark = s.log_mark()
+    verdict, _ = c.auth("XOAUTH2", xoauth2(ALICE, "A" * size))
+    assert verdict == "FAIL"
+    if size > 4096:
+        assert f"token is {size} bytes, over max_token_bytes (4096)" in s.wait_log(mark, "authentication failed")
+        assert stub.requests == before
+
+
+@pytest.mark.parametrize(
+    "token",
+    [b"abc\x00def", b"\xff\xfe\xfd", b"caf\xc3\xa9", b"has space", b"tab\there", b"a=b", b"\x7f", b"tok\r\nINJECT"],
+    ids=["nul", "non-utf8", "utf8", "space", "tab", "inner-equals", "del", "crlf"],
+)
+def test_tokens_with_bytes_outside_rfc6750_are_refused_without_a_provider_request(hostile, stub, token):
+    s, c = hostile
+    before = stub.requests
+    verdict, _ = c.auth("XOAUTH2", xoauth2(ALICE, token))
+    assert verdict == "FAIL"
+    assert stub.requests == before
+
+
+def test_a_valid_token_still_works_after_all_that(hostile, stub):
+    s, c = hostile
+    for junk in (b"\x00" * 10, b"\xff" * 100, b"A" * 9000):
+        c.auth("XOAUTH2", xoauth2(ALICE, junk))
+    verdict, fields = c.auth("XOAUTH2", xoauth2(ALICE, known_token(stub)))
+    assert verdict == "OK", fields
+
+
+@pytest.mark.parametrize(
+    "sasl",
+    [
+        b"user=%(bob)s\x01user=%(alice)s\x01auth=Bearer %(tok)s\x01\x01",
+        b"user=%(bob)s\x01auth=Bearer %(tok)s\x01auth=Bearer %(tok)s\x01\x01",
+        b"user=%(bob)s\x01\x01\x01auth=Bearer %(tok)s\x01\x01",
+        b"user=%(bob)s\x01auth=Bearer %(tok)s\x01extra=1\x01\x01",
+        b"user=%(bob)s\x01auth=bearer %(tok)s\x01\x01",
+        b"user=%(bob)s\x01auth=Bearer  %(tok)s\x01\x01",
+    ],
+    ids=["two-users", "two-auths", "empty-fields", "extra-field", "lowercase-scheme", "double-space"],
+)
+def test_odd_xoauth2_messages_never_log_in_as_anyone_but_the_tokens_owner(hostile, stub, sasl):
+    s, c = hostile
+    tok = known_token(stub, ALICE)
+    msg = sasl % {b"bob": b"bob@example.test", b"alice": ALICE.encode(), b"tok": tok.encode()}
+    verdict, fields = c.auth("XOAUTH2", msg)
+    if verdict == "OK":
+        assert fields.get("user") == ALICE, fields
+
+
+def test_odd_oauthbearer_gs2_headers_never_log_in_as_anyone_but_the_tokens_owner(hostile, stub):
+    s, c = hostile
+    tok = known_token(stub, ALICE).encode()
+    for gs2 in (b"n,a=bob@example.test,a=alice@example.test,", b"n,a=bob@example.test,,", b"y,a=bob@example.test,", b"n,,"):
+        verdict, fields = c.auth("OAUTHBEARER", gs2 + b"\x01auth=Bearer " + tok + b"\x01\x01")
+        if verdict == "OK":
+            assert fields.get("user") == ALICE, (gs2, fields)
+
+
+def test_login_name_in_another_case_is_the_same_user_as_in_dovecot(hostile, stub):
+    s, c = hostile
+    verdict, fields = c.auth("XOAUTH2", xoauth2("ALICE@Example.TEST", known_token(stub, ALICE)))
+    assert verdict == "OK" and fields.get("user") == ALICE, fields
+
+
+@pytest.mark.parametrize(
+    "login,owner",
+    [
+        ("alic\u00e9@example.test", "alice\u0301@example.test"),  # NFC vs NFD
+        ("\u212aate@example.test", "kate@example.test"),  # KELVIN SIGN vs k
+        ("alice@example.test", "alice@example.test\u200b"),  # zero-width space
+        ("alice@example.test", "\uff41lice@example.test"),  # fullwidth a
+    ],
+    ids=["nfc-vs-nfd", "kelvin-sign", "zero-width", "fullwidth"],
+)
+def test_usernames_that_differ_only_in_unicode_form_are_different_users(hostile, stub, login, owner):
+    s, c = hostile
+    verdict, fields = c.auth("XOAUTH2", xoauth2(login, known_token(stub, owner)))
+    assert verdict == "FAIL", fields
