@@ -1,0 +1,327 @@
+#!/bin/bash
+# dovecot-oauth2 for docker-mailserver (DMS) v14/v15 (Dovecot 2.3).
+#
+# Switches DMS's ENABLE_OAUTH2 passdb (Dovecot's built-in `driver = oauth2`) to the dovecot-oauth2 Lua
+# passdb. DMS runs /tmp/docker-mailserver/user-patches.sh as root, with bash, right before the daemons
+# start, on every fresh container. With ENABLE_OAUTH2=1 this script:
+#   1. checks Dovecot is 2.3 (2.4 no longer hands XOAUTH2/OAUTHBEARER tokens to a passdb),
+#   2. finds the module: dovecot_oauth2.so next to this script in the config volume (installed to
+#      /usr/local/lib/lua/5.4/), else the one the dovecot-oauth2 image already has there,
+#   3. finds the Lua script: dovecot-oauth2.lua in the config volume, else the image's copy in
+#      /usr/local/share/dovecot-oauth2/; installs it to /etc/dovecot/lua/dovecot-oauth2.lua,
+#   4. applies every OAUTH2_<KEY> variable as `<key> = <value>` to /etc/dovecot/dovecot-oauth2.conf.ext
+#      (DMS already set the keys its file has; this adds the others, e.g. OAUTH2_CACHE_TTL_SECS),
+#      refusing keys the module does not know,
+#   5. replaces the passdb in /etc/dovecot/conf.d/auth-oauth2.conf.ext by the Lua passdb, keeping
+#      DMS's originals as *.dms-orig next to them,
+#   6. checks the result with `doveconf -n`.
+# On any problem it puts DMS's original files back, says why (lines prefixed [dovecot-oauth2]) and
+# leaves DMS's own oauth2 passdb running; with DOVECOT_OAUTH2_STRICT=1 it then exits 1 as well.
+# Running it again gives the same files. With ENABLE_OAUTH2 unset or not 1 it changes nothing.
+#
+# DMS_ROOT (default empty) prefixes every path this script reads or writes, for testing against a
+# scratch copy of the image's file tree; the paths written into Dovecot's configuration stay absolute.
+#
+# If you already have a user-patches.sh, save this file as dovecot-oauth2-patches.sh next to it and
+# add the line `bash /tmp/docker-mailserver/dovecot-oauth2-patches.sh` to yours.
+
+set -uo pipefail
+
+DMS_ROOT="${DMS_ROOT:-}"
+DMS_ROOT="${DMS_ROOT%/}"
+
+# Where things are at run time (written into Dovecot's configuration).
+RT_LUA_SCRIPT='/etc/dovecot/lua/dovecot-oauth2.lua'
+
+# Where this script reads and writes.
+CONFIG_VOLUME="${DMS_ROOT}/tmp/docker-mailserver"
+IMAGE_SHARE="${DMS_ROOT}/usr/local/share/dovecot-oauth2"
+LUA_CPATH_DIR="${DMS_ROOT}/usr/local/lib/lua/5.4"
+MODULE="${LUA_CPATH_DIR}/dovecot_oauth2.so"
+DOVECOT_DIR="${DMS_ROOT}/etc/dovecot"
+DOVECOT_CONF="${DOVECOT_DIR}/dovecot.conf"
+LUA_SCRIPT="${DMS_ROOT}${RT_LUA_SCRIPT}"
+SETTINGS="${DOVECOT_DIR}/dovecot-oauth2.conf.ext"
+PASSDB_CONF="${DOVECOT_DIR}/conf.d/auth-oauth2.conf.ext"
+LUA_PASSDB_MODULE="${DMS_ROOT}/usr/lib/dovecot/modules/auth/libauthdb_lua.so"
+ORIG_SUFFIX='.dms-orig'
+
+# The settings keys the module accepts: Dovecot 2.3's oauth2 keys plus this module's own. Derived from
+# src/config.rs (the `match key.as_str()` arms of Settings::parse and IGNORED_DOVECOT_KEYS); an unknown
+# key makes every login fail temporarily, so none gets past this script. tests/e2e/test_dms.py checks
+# this list against src/config.rs.
+KNOWN_KEYS='
+  tokeninfo_url introspection_url introspection_mode force_introspection
+  username_attribute username_format active_attribute active_value
+  scope audience issuers openid_configuration_url jwks_url
+  jwks_refetch_min_interval_secs jwks_max_age_secs
+  client_id client_secret pass_attrs
+  timeout_msecs connect_timeout_msecs max_idle_time_msecs max_parallel_connections
+  tls_ca_cert_file tls_ca_cert_dir tls_cert_file tls_key_file tls_allow_invalid_cert
+  debug use_grant_password local_validation_key_dict
+  cache_ttl_secs cache_negative_ttl_secs cache_max_entries leeway_secs
+  max_token_bytes max_response_bytes
+  stale_if_error_secs circuit_breaker_failures circuit_breaker_backoff_secs stats_log_interval_secs
+  max_pipelined_requests rawlog_dir tls_cipher_suite send_auth_headers grant_url
+'
+
+MARKER='# dovecot-oauth2: written by user-patches.sh'
+
+log() { printf '[dovecot-oauth2] %s\n' "$*"; }
+err() { printf '[dovecot-oauth2] ERROR: %s\n' "$*" >&2; }
+
+STAGE=''
+cleanup() { [[ -n ${STAGE} ]] && rm -rf "${STAGE}"; }
+trap cleanup EXIT
+
+# Put DMS's original files back (kept as *.dms-orig when the passdb was switched).
+restore_originals() {
+  local f
+  for f in "${PASSDB_CONF}" "${SETTINGS}"; do
+    if [[ -f ${f}${ORIG_SUFFIX} ]]; then
+      cp -p "${f}${ORIG_SUFFIX}" "${f}" && rm -f "${f}${ORIG_SUFFIX}"
+    fi
+  done
+  local out
+  if out=$(doveconf -c "${DOVECOT_CONF}" -n 2>&1 >/dev/null); then
+    log "restored docker-mailserver's original ${PASSDB_CONF#"${DMS_ROOT}"} and ${SETTINGS#"${DMS_ROOT}"} (doveconf: ok)"
+  else
+    err "restored docker-mailserver's original files, but doveconf still fails: ${out}"
+  fi
+}
+
+# Give up: keep (or put back) DMS's own oauth2 passdb.
+give_up() {
+  local why
+  for why in "$@"; do err "${why}"; done
+  # this run (or an earlier one) switched the passdb: put DMS's originals back
+  [[ -f ${PASSDB_CONF} ]] && grep -qF "${MARKER}" "${PASSDB_CONF}" && restore_originals
+  err "not switched: docker-mailserver's own oauth2 passdb (driver = oauth2) stays in place"
+  [[ ${DOVECOT_OAUTH2_STRICT:-0} == 1 ]] && exit 1
+  exit 0
+}
+
+# install_file SRC DST MODE: copy only when the content differs (replacing DST atomically, so a
+# running process never sees a half-written file), then set owner root and MODE.
+install_file() {
+  local src=$1 dst=$2 mode=$3 group=${4:-root}
+  mkdir -p "$(dirname "${dst}")" || return 1
+  if ! cmp -s "${src}" "${dst}"; then
+    cp "${src}" "${dst}.tmp.$$" && mv -f "${dst}.tmp.$$" "${dst}" || { rm -f "${dst}.tmp.$$"; return 1; }
+  fi
+  chown "root:${group}" "${dst}" && chmod "${mode}" "${dst}"
+}
+
+# ELF shared object for this machine's architecture, whose libraries (glibc version included) resolve.
+check_module() {
+  local so=$1 hdr machine want
+  [[ -r ${so} ]] || { echo "${so} is not readable"; return 1; }
+  hdr=$(od -An -tx1 -N20 "${so}" 2>/dev/null | tr -d ' \n')
+  [[ ${hdr:0:8} == 7f454c46 ]] || { echo "${so} is not an ELF file"; return 1; }
+  [[ ${hdr:32:4} == 0300 ]] || { echo "${so} is not a shared object (ELF type ${hdr:32:4})"; return 1; }
+  machine=${hdr:36:4}
+  case "$(uname -m)" in
+    x86_64) want=3e00 ;;
+    aarch64 | arm64) want=b700 ;;
+    armv7l | armv6l) want=2800 ;;
+    *) want='' ;;
+  esac
+  if [[ -n ${want} && ${machine} != "${want}" ]]; then
+    echo "${so} is built for another CPU architecture (ELF machine ${machine}, this is $(uname -m))"
+    return 1
+  fi
+  if command -v ldd >/dev/null 2>&1; then
+    local out
+    out=$(ldd "${so}" 2>&1 | grep -E 'not found|not a dynamic') && {
+      echo "${so} does not load here (build it on Debian 12): ${out//$'\n'/; }"
+      return 1
+    }
+  fi
+  return 0
+}
+
+# is_known_key KEY
+is_known_key() {
+  [[ $1 =~ ^[a-z0-9_]+$ ]] && [[ " ${KNOWN_KEYS//$'\n'/ } " == *" $1 "* ]]
+}
+
+# set_key FILE KEY VALUE: replace every `KEY = ...` line, or append one.
+set_key() {
+  local file=$1 key=$2 value=$3
+  KEY="${key}" VALUE="${value}" awk '
+    BEGIN { k = ENVIRON["KEY"]; v = ENVIRON["VALUE"]; done = 0 }
+    {
+      line = $0; sub(/^[ \t]+/, "", line)
+      if (substr(line, 1, 1) != "#" && index(line, "=") > 0) {
+        name = substr(line, 1, index(line, "=") - 1); sub(/[ \t]+$/, "", name)
+        if (name == k) { print k " = " v; done = 1; next }
+      }
+      print
+    }
+    END { if (!done) print k " = " v }
+  ' "${file}" > "${file}.new" && mv -f "${file}.new" "${file}"
+}
+
+# check_settings FILE: every key known, and a way to check tokens given. Prints the problems.
+check_settings() {
+  local file=$1 problems=0 lineno=0 raw line key value
+  local introspection_url='' tokeninfo_url='' mode='' discovery='' jwks=''
+  while IFS= read -r raw || [[ -n ${raw} ]]; do
+    lineno=$((lineno + 1))
+    line="${raw#"${raw%%[![:space:]]*}"}"
+    [[ -z ${line} || ${line} == '#'* ]] && continue
+    if [[ ${line} != *=* ]]; then
+      echo "${file#"${DMS_ROOT}"} line ${lineno}: expected 'key = value'"; problems=1; continue
+    fi
+    key="${line%%=*}"; key="${key%"${key##*[![:space:]]}"}"
+    value="${line#*=}"; value="${value#"${value%%[![:space:]]*}"}"; value="${value%%#*}"
+    value="${value%"${value##*[![:space:]]}"}"; value="${value#\"}"; value="${value%\"}"
+    if ! is_known_key "${key}"; then
+      echo "${file#"${DMS_ROOT}"} line ${lineno}: unknown key '${key}'"; problems=1; continue
+    fi
+    case "${key}" in
+      introspection_url) introspection_url=${value} ;;
+      tokeninfo_url) tokeninfo_url=${value} ;;
+      introspection_mode) mode=${value} ;;
+      openid_configuration_url) discovery=${value} ;;
+      jwks_url) jwks=${value} ;;
+    esac
+  done < "${file}"
+  if [[ ${mode} == local ]]; then
+    if [[ -z ${discovery} && -z ${jwks} ]]; then
+      echo "introspection_mode = local needs OAUTH2_OPENID_CONFIGURATION_URL or OAUTH2_JWKS_URL"; problems=1
+    fi
+  elif [[ -z ${introspection_url} && -z ${tokeninfo_url} ]]; then
+    echo "introspection_url is empty: set OAUTH2_INTROSPECTION_URL (the provider's userinfo or introspection URL)"
+    problems=1
+  fi
+  return "${problems}"
+}
+
+passdb_conf_text() {
+  cat << EOF
+${MARKER}; DMS's original: auth-oauth2.conf.ext${ORIG_SUFFIX}
+# Allow clients to use these additional mechanisms:
+auth_mechanisms = \$auth_mechanisms oauthbearer xoauth2
+
+# Bearer tokens (XOAUTH2, OAUTHBEARER only: a token never reaches the passwd-file passdb, so a token
+# login never logs "Password mismatch") are checked by the dovecot-oauth2 module, configured by
+# /etc/dovecot/dovecot-oauth2.conf.ext. cache_key gives each token its own auth-cache entry.
+passdb {
+  driver = lua
+  mechanisms = xoauth2 oauthbearer
+  args = file=${RT_LUA_SCRIPT} blocking=yes cache_key=%u%{sha256:password}
+}
+EOF
+}
+
+main() {
+  if [[ ${ENABLE_OAUTH2:-0} != 1 ]]; then
+    log "ENABLE_OAUTH2 is not 1: nothing to do"
+    exit 0
+  fi
+
+  # --- Dovecot 2.3 only
+  local version
+  version=$(dovecot --version 2>/dev/null) || give_up "cannot run 'dovecot --version'"
+  version=${version%% *}
+  if [[ ! ${version} =~ ^2\.3\. ]]; then
+    give_up "Dovecot ${version} found; dovecot-oauth2 needs Dovecot 2.3 (docker-mailserver v14/v15)." \
+      "Dovecot 2.4 (docker-mailserver edge) checks XOAUTH2/OAUTHBEARER tokens with its own oauth2 settings and no longer hands them to a passdb, so this module cannot work there."
+  fi
+
+  [[ -f ${LUA_PASSDB_MODULE} ]] \
+    || give_up "${LUA_PASSDB_MODULE#"${DMS_ROOT}"} is missing: Dovecot's Lua passdb (package dovecot-auth-lua) is needed"
+  [[ -f ${PASSDB_CONF} ]] || give_up "${PASSDB_CONF#"${DMS_ROOT}"} is missing (not a docker-mailserver image?)"
+  [[ -f ${SETTINGS} ]] || give_up "${SETTINGS#"${DMS_ROOT}"} is missing (not a docker-mailserver image?)"
+
+  # --- the module and the script
+  local module_src='' why
+  if [[ -f ${CONFIG_VOLUME}/dovecot_oauth2.so ]]; then
+    module_src="${CONFIG_VOLUME}/dovecot_oauth2.so"
+  elif [[ -f ${MODULE} ]]; then
+    module_src="${MODULE}"
+  else
+    give_up "no module: put dovecot_oauth2.so (built on Debian 12) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
+  fi
+  why=$(check_module "${module_src}") || give_up "${why}"
+
+  local script_src=''
+  if [[ -f ${CONFIG_VOLUME}/dovecot-oauth2.lua ]]; then
+    script_src="${CONFIG_VOLUME}/dovecot-oauth2.lua"
+  elif [[ -f ${IMAGE_SHARE}/dovecot-oauth2.lua ]]; then
+    script_src="${IMAGE_SHARE}/dovecot-oauth2.lua"
+  else
+    give_up "no dovecot-oauth2.lua: put it next to user-patches.sh in the config volume"
+  fi
+  grep -q 'require "dovecot_oauth2"' "${script_src}" && grep -q 'function auth_password_verify' "${script_src}" \
+    || give_up "${script_src#"${DMS_ROOT}"} is not the dovecot-oauth2 passdb script"
+
+  # --- DMS's originals: the current files, or the copies an earlier run kept
+  local orig_passdb="${PASSDB_CONF}" orig_settings="${SETTINGS}"
+  if grep -qF "${MARKER}" "${PASSDB_CONF}"; then
+    [[ -f ${PASSDB_CONF}${ORIG_SUFFIX} && -f ${SETTINGS}${ORIG_SUFFIX} ]] \
+      || give_up "${PASSDB_CONF#"${DMS_ROOT}"} was switched earlier but DMS's originals (*${ORIG_SUFFIX}) are gone; recreate the container"
+    orig_passdb="${PASSDB_CONF}${ORIG_SUFFIX}"
+    orig_settings="${SETTINGS}${ORIG_SUFFIX}"
+  elif ! grep -qE '^[[:space:]]*driver[[:space:]]*=[[:space:]]*oauth2' "${PASSDB_CONF}"; then
+    give_up "${PASSDB_CONF#"${DMS_ROOT}"} has no 'driver = oauth2' passdb: not docker-mailserver's file, left alone"
+  fi
+
+  # --- the new files, staged
+  STAGE=$(mktemp -d) || give_up "mktemp failed"
+  cp "${orig_settings}" "${STAGE}/settings" || give_up "cannot read ${orig_settings}"
+  [[ -z $(tail -c1 "${STAGE}/settings") ]] || echo >> "${STAGE}/settings"
+  local name key value bad=()
+  while IFS= read -r name; do
+    key=${name#OAUTH2_}; key=${key,,}
+    value=${!name}
+    if ! is_known_key "${key}"; then
+      bad+=("${name}: '${key}' is not a dovecot-oauth2 setting")
+      continue
+    fi
+    if [[ ${value} == *$'\n'* ]]; then
+      bad+=("${name}: the value spans several lines")
+      continue
+    fi
+    [[ ${value} == *'#'* && ${value} != *'"'* ]] && value="\"${value}\""
+    set_key "${STAGE}/settings" "${key}" "${value}" || give_up "cannot edit the staged settings file"
+  done < <(compgen -e | grep -E '^OAUTH2_' | LC_ALL=C sort)
+  ((${#bad[@]} == 0)) || give_up "${bad[@]}" "known keys:$(printf ' %s' ${KNOWN_KEYS})"
+  local problems
+  if ! problems=$(check_settings "${STAGE}/settings"); then
+    local lines
+    mapfile -t lines <<< "${problems}"
+    give_up "${lines[@]}"
+  fi
+  passdb_conf_text > "${STAGE}/passdb" || give_up "cannot write the staged passdb configuration"
+
+  # --- install
+  if [[ ${module_src} != "${MODULE}" ]]; then
+    install_file "${module_src}" "${MODULE}" 0644 || give_up "cannot install ${MODULE#"${DMS_ROOT}"}"
+  fi
+  install_file "${script_src}" "${LUA_SCRIPT}" 0644 || give_up "cannot install ${RT_LUA_SCRIPT}"
+  chmod 0755 "$(dirname "${LUA_SCRIPT}")"
+  if [[ ${orig_passdb} == "${PASSDB_CONF}" ]]; then
+    cp -p "${PASSDB_CONF}" "${PASSDB_CONF}${ORIG_SUFFIX}" && cp -p "${SETTINGS}" "${SETTINGS}${ORIG_SUFFIX}" \
+      || give_up "cannot keep copies of DMS's originals"
+  fi
+  local group=root
+  getent group dovecot > /dev/null 2>&1 && group=dovecot
+  install_file "${STAGE}/settings" "${SETTINGS}" 0640 "${group}" || give_up "cannot write ${SETTINGS#"${DMS_ROOT}"}"
+  install_file "${STAGE}/passdb" "${PASSDB_CONF}" 0644 || give_up "cannot write ${PASSDB_CONF#"${DMS_ROOT}"}"
+
+  # --- check what Dovecot will run
+  local out
+  out=$(doveconf -c "${DOVECOT_CONF}" -n 2> "${STAGE}/doveconf.err") \
+    || give_up "doveconf rejects the configuration: $(tr '\n' ' ' < "${STAGE}/doveconf.err")"
+  grep -qE "^ *args = file=${RT_LUA_SCRIPT} " <<< "${out}" && grep -qE '^ *driver = lua$' <<< "${out}" \
+    || give_up "the Lua passdb is not in Dovecot's configuration: is '!include auth-oauth2.conf.ext' enabled in conf.d/10-auth.conf (DMS does that for ENABLE_OAUTH2=1)?"
+  ! grep -qE '^ *driver = oauth2$' <<< "${out}" \
+    || give_up "Dovecot's configuration still has a 'driver = oauth2' passdb"
+
+  log "switched the oauth2 passdb to dovecot-oauth2 (Lua passdb ${RT_LUA_SCRIPT}, module ${MODULE#"${DMS_ROOT}"} from ${module_src#"${DMS_ROOT}"}, settings ${SETTINGS#"${DMS_ROOT}"}); doveconf: ok"
+  log "roll back: restore ${PASSDB_CONF#"${DMS_ROOT}"}${ORIG_SUFFIX} and ${SETTINGS#"${DMS_ROOT}"}${ORIG_SUFFIX}, or remove this script and recreate the container"
+}
+
+main "$@"
