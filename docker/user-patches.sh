@@ -246,6 +246,12 @@ main() {
   fi
   why=$(check_module "${module_src}") || give_up "${why}"
 
+  # The troubleshooting command, when shipped in the config volume (optional; needs no Lua).
+  if [[ -f ${CONFIG_VOLUME}/dovecot-oauth2-check ]]; then
+    install -D -m 0755 "${CONFIG_VOLUME}/dovecot-oauth2-check" "${DMS_ROOT}/usr/local/bin/dovecot-oauth2-check" \
+      || log "could not install dovecot-oauth2-check (the switch goes on without it)"
+  fi
+
   local script_src=''
   if [[ -f ${CONFIG_VOLUME}/dovecot-oauth2.lua ]]; then
     script_src="${CONFIG_VOLUME}/dovecot-oauth2.lua"
