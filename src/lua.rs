@@ -18,9 +18,12 @@ struct Validator {
     path: PathBuf,
     /// Built on first use; a failed build is not kept, so a fixed settings file takes effect.
     engine: OnceCell<Engine>,
+    /// Dovecot's result codes, read once (they do not change within a Lua state).
+    codes: OnceCell<Codes>,
 }
 
 /// Dovecot's result codes, read from the `dovecot.auth` table it gives the script.
+#[derive(Clone, Copy)]
 struct Codes {
     ok: i64,
     mismatch: i64,
@@ -84,7 +87,7 @@ impl Validator {
     }
 
     fn verify(&self, lua: &Lua, req: LuaValue, token: LuaString) -> LuaResult<(i64, LuaValue)> {
-        let codes = Codes::read(lua)?;
+        let codes = *self.codes.get_or_try_init(|| Codes::read(lua))?;
         let user = req_get_string(&req, "user")?;
         let token = token.as_bytes();
         let outcome = match self.engine(&req) {
@@ -166,7 +169,7 @@ fn dovecot_oauth2(lua: &Lua) -> LuaResult<LuaTable> {
     let module = lua.create_table()?;
     module.set(
         "new",
-        lua.create_function(|_, path: String| Ok(Validator { path: PathBuf::from(path), engine: OnceCell::new() }))?,
+        lua.create_function(|_, path: String| Ok(Validator { path: PathBuf::from(path), engine: OnceCell::new(), codes: OnceCell::new() }))?,
     )?;
     module.set("version", env!("CARGO_PKG_VERSION"))?;
     Ok(module)
