@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian 12 machine (run as root):
-# Dovecot 2.3 + auth-lua, Postfix, curl, Node's oidc-provider (the test identity provider), pytest.
+# Dovecot 2.3 (imapd, pop3d, submissiond, auth-lua), Postfix, curl, openssl, Node's oidc-provider (the test identity provider), pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua postfix curl ca-certificates; do
+for pkg in dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-auth-lua postfix curl ca-certificates openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
