@@ -138,7 +138,7 @@ mod tests {
         stale_ok(ttl, 0)
     }
     fn stale_ok(ttl: u64, stale: u64) -> Entry {
-        let id = Identity { username: "a@x".into(), expires_at: None, fields: vec![] };
+        let id = Identity { expires_at: None, fields: vec![] };
         Entry::new(Ok(id), Duration::from_millis(ttl), Duration::from_millis(stale))
     }
 
