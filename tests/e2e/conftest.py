@@ -4,6 +4,7 @@ end of the session no log written by the suite may contain any of them."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -109,23 +110,27 @@ def introspection_settings(idp, extra: str = "") -> str:
     )
 
 
+@contextlib.contextmanager
+def running_stack(workroot: str, module_dir: str, settings: str, prefix: str = "stack", settings_mode: int = 0o640, **kw):
+    """A started MailStack whose module settings file holds `settings`; stopped on exit."""
+    d = tempfile.mkdtemp(prefix=prefix[:40] + "-", dir=workroot)
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "dovecot-oauth2.conf.ext")
+    with open(path, "w") as f:
+        f.write(settings)
+    os.chmod(path, settings_mode)
+    s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir, **kw)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
 @pytest.fixture
 def make_stack(workroot, module_dir, request):
     """make_stack(settings_text, **MailStack kwargs) -> a started stack, stopped after the test."""
-    stacks = []
-
-    def make(settings: str, **kw) -> MailStack:
-        d = tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=workroot)
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "dovecot-oauth2.conf.ext")
-        with open(path, "w") as f:
-            f.write(settings)
-        os.chmod(path, kw.pop("settings_mode", 0o640))
-        s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir, **kw)
-        stacks.append(s)
-        s.start()
-        return s
-
-    yield make
-    for s in stacks:
-        s.stop()
+    with contextlib.ExitStack() as stacks:
+        yield lambda settings, **kw: stacks.enter_context(
+            running_stack(workroot, module_dir, settings, prefix=request.node.name, **kw)
+        )

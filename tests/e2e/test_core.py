@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 
 import pytest
 
-from conftest import LUA_SCRIPT, introspection_settings, userinfo_settings
-from mailstack import MailStack
+from conftest import introspection_settings, running_stack, userinfo_settings
 
 ALICE, BOB, CAROL, DAVE = "alice@example.test", "bob@example.test", "carol@example.test", "dave@example.test"
 
@@ -19,16 +17,8 @@ ALICE, BOB, CAROL, DAVE = "alice@example.test", "bob@example.test", "carol@examp
 @pytest.fixture(scope="module")
 def stack(workroot, module_dir, idp):
     """One userinfo-mode stack shared by the read-only tests of this file."""
-    d = tempfile.mkdtemp(prefix="core-", dir=workroot)
-    os.chmod(d, 0o755)
-    path = os.path.join(d, "dovecot-oauth2.conf.ext")
-    with open(path, "w") as f:
-        f.write(userinfo_settings(idp))
-    os.chmod(path, 0o640)
-    s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir)
-    s.start()
-    yield s
-    s.stop()
+    with running_stack(workroot, module_dir, userinfo_settings(idp), prefix="core") as s:
+        yield s
 
 
 def rejected(r) -> bool:

@@ -4,15 +4,12 @@ within the configured timeout, with a clear log line, and leaves no auth-worker 
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 import time
 
 import pytest
 
-from conftest import LUA_SCRIPT
+from conftest import running_stack
 from faultstub import FaultStub
-from mailstack import MailStack
 
 ALICE = "alice@example.test"
 TIMEOUT_MS = 1000
@@ -28,16 +25,9 @@ def stub():
 
 @pytest.fixture(scope="module")
 def fault_stack(workroot, module_dir, stub):
-    d = tempfile.mkdtemp(prefix="faults-", dir=workroot)
-    os.chmod(d, 0o755)
-    path = os.path.join(d, "dovecot-oauth2.conf.ext")
-    with open(path, "w") as f:
-        f.write(f"introspection_url = {stub.url}\ntimeout_msecs = {TIMEOUT_MS}\nmax_response_bytes = 65536\n")
-    s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir,
-                  auth_worker_max_count=2, postfix=False)
-    s.start()
-    yield s
-    s.stop()
+    settings = f"introspection_url = {stub.url}\ntimeout_msecs = {TIMEOUT_MS}\nmax_response_bytes = 65536\n"
+    with running_stack(workroot, module_dir, settings, prefix="faults", auth_worker_max_count=2, postfix=False) as s:
+        yield s
 
 
 def fresh_token(stub: FaultStub, email: str = ALICE) -> str:

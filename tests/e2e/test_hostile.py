@@ -4,17 +4,14 @@ may be accepted for anyone but the token's owner."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 
 import pytest
 
 from authclient import AuthClient, xoauth2
-from conftest import LUA_SCRIPT
+from conftest import running_stack
 from faultstub import FaultStub
-from mailstack import MailStack
 
 ALICE = "alice@example.test"
 CRASH = re.compile(r"Fatal|Panic|killed with signal (?!15\b)\d+|segfault|panicked", re.I)
@@ -29,16 +26,9 @@ def stub():
 
 @pytest.fixture(scope="module")
 def hostile_stack(workroot, module_dir, stub):
-    d = tempfile.mkdtemp(prefix="hostile-", dir=workroot)
-    os.chmod(d, 0o755)
-    path = os.path.join(d, "dovecot-oauth2.conf.ext")
-    with open(path, "w") as f:
-        f.write(f"introspection_url = {stub.url}\nmax_token_bytes = 4096\n")
-    s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir,
-                  postfix=False, auth_worker_max_count=2)
-    s.start()
-    yield s
-    s.stop()
+    settings = f"introspection_url = {stub.url}\nmax_token_bytes = 4096\n"
+    with running_stack(workroot, module_dir, settings, prefix="hostile", postfix=False, auth_worker_max_count=2) as s:
+        yield s
 
 
 @pytest.fixture

@@ -5,19 +5,18 @@ of load while Dovecot reloads and recycles its auth-workers (the module unloaded
 from __future__ import annotations
 
 import base64
-import os
+import contextlib
 import random
 import re
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
 
 import pytest
 
-from conftest import LUA_SCRIPT
+from conftest import running_stack
 from faultstub import FaultStub
 from mailstack import MailStack
 
@@ -113,23 +112,13 @@ def worker_rss_kb(stack: MailStack) -> int:
 @pytest.fixture
 def load_stack(workroot, module_dir):
     stub = FaultStub().start()
-    stacks = []
+    with contextlib.ExitStack() as stacks:
+        def make(extra_conf: str = "", **kw) -> MailStack:
+            return stacks.enter_context(running_stack(
+                workroot, module_dir, f"introspection_url = {stub.url}\ntimeout_msecs = 5000\n", prefix="load",
+                postfix=False, extra_dovecot_conf="default_process_limit = 400\n" + extra_conf, **kw))
 
-    def make(extra_conf: str = "", **kw) -> MailStack:
-        d = tempfile.mkdtemp(prefix="load-", dir=workroot)
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "dovecot-oauth2.conf.ext")
-        with open(path, "w") as f:
-            f.write(f"introspection_url = {stub.url}\ntimeout_msecs = 5000\n")
-        s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir,
-                      postfix=False, extra_dovecot_conf="default_process_limit = 400\n" + extra_conf, **kw)
-        s.start()
-        stacks.append(s)
-        return s
-
-    yield make, stub
-    for s in stacks:
-        s.stop()
+        yield make, stub
     stub.stop()
 
 

@@ -13,14 +13,12 @@ import json
 import os
 import secrets
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from conftest import LUA_SCRIPT, ROOT
+from conftest import ROOT, running_stack
 from idp import decode_jwt
-from mailstack import MailStack
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 AUDIENCE = "urn:dovecot"
@@ -116,16 +114,8 @@ def hs256(secret: bytes, header: dict, payload: dict) -> str:
 @pytest.fixture(scope="module")
 def stack(workroot, module_dir, idp):
     """One local-mode stack shared by the tests of this file that do not touch the provider."""
-    d = tempfile.mkdtemp(prefix="localjwt-", dir=workroot)
-    os.chmod(d, 0o755)
-    path = os.path.join(d, "dovecot-oauth2.conf.ext")
-    with open(path, "w") as f:
-        f.write(local_settings(idp, f"max_token_bytes = {MAX_TOKEN_BYTES}\n"))
-    os.chmod(path, 0o640)
-    s = MailStack(os.path.join(d, "stack"), lua_script=LUA_SCRIPT, settings_file=path, module_dir=module_dir)
-    s.start()
-    yield s
-    s.stop()
+    with running_stack(workroot, module_dir, local_settings(idp, f"max_token_bytes = {MAX_TOKEN_BYTES}\n"), prefix="localjwt") as s:
+        yield s
 
 
 @pytest.fixture
