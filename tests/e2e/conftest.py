@@ -17,6 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from faultstub import FaultStub  # noqa: E402
 from idp import IdP  # noqa: E402
 from mailstack import MailStack  # noqa: E402
 
@@ -90,6 +91,14 @@ def live_idp(idp):
     yield idp
     if not idp.running:
         idp.start()
+
+
+@pytest.fixture(scope="module")
+def stub():
+    """A provider stub that can be told to misbehave (see faultstub.py), one per test file."""
+    s = FaultStub().start()
+    yield s
+    s.stop()
 
 
 def userinfo_settings(idp, extra: str = "") -> str:

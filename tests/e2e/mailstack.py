@@ -172,7 +172,9 @@ def _is_temp(text: str) -> bool:
             or t.startswith("454") or " 454 " in t)
 
 
-class _IMAP4(imaplib.IMAP4):
+class _FromSource:
+    """An imaplib/poplib client that connects from a chosen source address."""
+
     def __init__(self, host, port, timeout, source):
         self._source = source
         super().__init__(host, port, timeout=timeout)
@@ -182,14 +184,12 @@ class _IMAP4(imaplib.IMAP4):
                                         source_address=(self._source, 0) if self._source else None)
 
 
-class _POP3(poplib.POP3):
-    def __init__(self, host, port, timeout, source):
-        self._source = source
-        super().__init__(host, port, timeout=timeout)
+class _IMAP4(_FromSource, imaplib.IMAP4):
+    pass
 
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout,
-                                        source_address=(self._source, 0) if self._source else None)
+
+class _POP3(_FromSource, poplib.POP3):
+    pass
 
 
 # --------------------------------------------------------------------------- the stack

@@ -17,13 +17,6 @@ _n = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def stub():
-    s = FaultStub().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def fault_stack(workroot, module_dir, stub):
     settings = f"introspection_url = {stub.url}\ntimeout_msecs = {TIMEOUT_MS}\nmax_response_bytes = 65536\n"
     with running_stack(workroot, module_dir, settings, prefix="faults", auth_worker_max_count=2, postfix=False) as s:

@@ -11,17 +11,9 @@ import pytest
 
 from authclient import AuthClient, xoauth2
 from conftest import running_stack
-from faultstub import FaultStub
 
 ALICE = "alice@example.test"
 CRASH = re.compile(r"Fatal|Panic|killed with signal (?!15\b)\d+|segfault|panicked", re.I)
-
-
-@pytest.fixture(scope="module")
-def stub():
-    s = FaultStub().start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
