@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,16 @@ LUA_SCRIPT = os.path.join(ROOT, "lua", "dovecot-oauth2.lua")
 BUILT_MODULE = os.path.join(ROOT, "target", "release", "libdovecot_oauth2.so")
 
 ISSUED_TOKENS: list[str] = []
+# A crash: Dovecot's "child N killed with signal 11/6/7...", a fatal or panic line, a Rust panic.
+# Not a crash: "Killed with signal 15 (by pid=...)", the master terminating old processes on reload.
+CRASH = re.compile(r"Fatal|Panic|killed with signal (?!15\b)\d+|segfault|panicked", re.I)
+
+
+def crash_lines(log: str) -> list[str]:
+    """The whole log lines that look like a crash, so that a failing assertion shows what happened."""
+    return [line for line in log.splitlines() if CRASH.search(line)]
+
+
 SECRETS = ["dovecot-secret", "mail-client-secret"]
 
 

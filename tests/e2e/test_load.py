@@ -16,14 +16,14 @@ from collections import Counter
 
 import pytest
 
-from conftest import running_stack
+from conftest import crash_lines, running_stack
 from faultstub import FaultStub
 from mailstack import MailStack
 
 USERS = ["alice@example.test", "bob@example.test", "dave@example.test"]
-# A crash: Dovecot's "child N killed with signal 11/6/7...", a fatal or panic line, a Rust panic.
-# Not a crash: "Killed with signal 15 (by pid=...)", the master terminating old processes on reload.
-CRASH = re.compile(r"Fatal|Panic|killed with signal (?!15\b)\d+|segfault|panicked", re.I)
+RELOAD_RACE = re.compile(
+    r"-login: Fatal: Error reading configuration: |service\(\w+-login\): child \d+ returned error 89 \(Fatal failure\)"
+)
 
 
 def imap_auth(port: int, src: str, user: str, token: str) -> str:
@@ -134,7 +134,7 @@ def test_20000_logins_from_200_clients_all_answered_right_with_flat_worker_memor
     assert sum(results.values()) == 20_000
     assert not wrong, wrong
     log = open(stack.log_path, errors="replace").read()
-    assert not CRASH.search(log), CRASH.search(log).group(0)
+    assert not crash_lines(log), crash_lines(log)[:5]
     assert rss_end <= rss_warm + 8 * 1024, (rss_warm, rss_end)
 
 
@@ -163,7 +163,11 @@ def test_reloads_and_worker_recycling_under_load_crash_nothing(load_stack):
     not_explained = [src for src in unexpected if src not in cut_off]
     assert not not_explained, (results, not_explained[:5])
     assert results[("ok", "ok")] > 2_500, results
-    assert not CRASH.search(log), CRASH.search(log).group(0)
+    # A login process forked while the master swaps its configuration can fail to read it and exit
+    # ("imap-login: Fatal: Error reading configuration"); the master starts another one. That is
+    # Dovecot's reload, outside the auth processes; anything else that looks like a crash is not.
+    crashes = [line for line in crash_lines(log) if not RELOAD_RACE.search(line)]
+    assert not crashes, crashes[:5]
     # and it still works afterwards
     t = "after-reload-token"
     stub.tokens[t] = USERS[0]
