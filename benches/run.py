@@ -270,6 +270,8 @@ class Runner:
                  latency: int = 0, auth_cache: bool = False, mode: str = "socket", group: str = "",
                  tokens: str | None = None, concurrency: int | None = None, warmup: int = 0):
         a = self.a
+        if a.only and key not in a.only:
+            return None
         self.stub.latency(latency)
         st = self.stack(key, kind, conf, auth_cache=auth_cache)
         runs = []
@@ -514,12 +516,13 @@ class Runner:
             S("imap-module-ui-warm", "module, userinfo, warm", "module", "userinfo", "warm", a.imap, mode="imap",
               warmup=a.warmup, group="imap")
             S("imap-module-jwt", "module, local JWT (RS256), cold", "module", "local", "jwt", a.imap, mode="imap", group="imap")
-            self.revocation()
-            if a.rss_tokens:
+            if not a.only or "revocation" in a.only:
+                self.revocation()
+            if a.rss_tokens and (not a.only or "rss" in a.only):
                 self.rss()
         finally:
             self.stub.stop()
-        if a.real_tokens:
+        if a.real_tokens and (not a.only or "real" in a.only):
             self.real_idp()
         self.elapsed = time.time() - t_start
         log(f"total {self.elapsed:.0f} s")
@@ -646,6 +649,8 @@ def main():
     ap.add_argument("--imap", type=int, default=1500, help="logins per IMAP run")
     ap.add_argument("--rss-tokens", type=int, default=100000)
     ap.add_argument("--real-tokens", type=int, default=45)
+    ap.add_argument("--only", type=lambda v: set(v.split(",")), default=set(),
+                    help="comma-separated scenario keys (and revocation, rss, real) to run; writes nothing")
     a = ap.parse_args()
     if a.quick:
         a.cold, a.warm, a.warmup, a.jwt, a.cold20, a.builtin20, a.imap = 500, 1000, 1000, 500, 300, 50, 100
@@ -657,7 +662,7 @@ def main():
         r.run()
         text = render(r)
         print("\n" + text)
-        if not a.quick or a.write:
+        if (not a.quick and not a.only) or a.write:
             write_benchmarks(text, {"machine": r.machine(), "results": r.results,
                                     "revocation": getattr(r, "revocations", None),
                                     "rss": getattr(r, "rss_result", None), "real_idp": getattr(r, "real", None)})

@@ -10,7 +10,7 @@ use crate::jwks::KeyStore;
 use crate::jwt::{self, Shape};
 use crate::provider;
 use crate::stats::{Snapshot, Stats};
-use crate::token::{fingerprint, Token};
+use crate::token::{fingerprint, Fingerprint, Token};
 use crate::trace;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +31,7 @@ pub struct Outcome {
     /// None when the token was refused before the cache (malformed, too large).
     pub source: Option<Source>,
     /// `sha256:xxxxxxxx` of the token: the only trace of it that may be logged.
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub elapsed: Duration,
     /// Checked in the module (local JWT validation) rather than by the provider.
     pub local: bool,

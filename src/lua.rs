@@ -51,7 +51,11 @@ fn req_log(req: &LuaValue, level: &str, msg: &str) -> LuaResult<()> {
 
 fn req_get_string(req: &LuaValue, field: &str) -> LuaResult<String> {
     let v: Option<String> = match req {
-        LuaValue::Table(t) => t.get(field)?,
+        // Dovecot 2.3 hands a plain table with the fields set (no metamethods to honour).
+        LuaValue::Table(t) => match t.raw_get(field)? {
+            Some(v) => Some(v),
+            None => t.get(field)?,
+        },
         LuaValue::UserData(u) => u.get(field)?,
         _ => None,
     };
@@ -114,7 +118,11 @@ impl Validator {
                 if debug {
                     req_log(&req, "log_info", &outcome.accept_line(&user))?;
                 }
-                let t = lua.create_table()?;
+                if fields.is_empty() {
+                    // Nothing to export: a string is what Dovecot reads fastest, and makes no table.
+                    return Ok((codes.ok, LuaValue::String(lua.create_string("")?)));
+                }
+                let t = lua.create_table_with_capacity(0, fields.len())?;
                 for (k, v) in fields {
                     let v = if v.contains('%') { req_var_expand(&req, v)? } else { v.clone() };
                     t.set(k.as_str(), v)?;

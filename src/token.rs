@@ -78,10 +78,21 @@ pub fn digest(raw: &[u8]) -> [u8; 32] {
     Sha256::digest(raw).into()
 }
 
-/// What logs show instead of a token: `sha256:` and the first 8 hex digits of its hash.
-pub fn fingerprint(raw: &[u8]) -> String {
+/// What logs show instead of a token: `sha256:` and the first 8 hex digits of its hash. Kept as
+/// bytes and formatted only when a line is written (most logins write none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 4]);
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        write!(f, "sha256:{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+    }
+}
+
+pub fn fingerprint(raw: &[u8]) -> Fingerprint {
     let d = digest(raw);
-    format!("sha256:{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+    Fingerprint([d[0], d[1], d[2], d[3]])
 }
 
 #[cfg(test)]
@@ -112,7 +123,7 @@ mod tests {
 
     #[test]
     fn fingerprint_is_short_and_does_not_contain_the_token() {
-        let f = fingerprint(b"secret-token-value");
+        let f = fingerprint(b"secret-token-value").to_string();
         assert_eq!(f.len(), "sha256:".len() + 8);
         assert!(!f.contains("secret"));
     }
