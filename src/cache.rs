@@ -1,7 +1,8 @@
 //! Per-process verdict cache. Keys are SHA-256 of (login user, token): the token itself is never
 //! stored. Each entry carries its own lifetime (positive: min(cache_ttl, token exp); negative: the
-//! short negative TTL), the entry count is bounded, and concurrent misses for one key share one
-//! provider request (moka's load coalescing). Temporary failures are never cached.
+//! short negative TTL), checked on every read; the entry count is bounded (quick_cache evicts the
+//! least useful entries, expired or not, when full); concurrent misses for one key share one provider
+//! request (quick_cache's placeholder guards). Temporary failures are never cached.
 //!
 //! An acceptance may outlive its freshness by a "stale" window (`stale_if_error_secs`, never past the
 //! token's exp): once stale it is checked again, and used only if the provider cannot answer.
@@ -35,18 +36,19 @@ impl Entry {
     pub fn is_fresh(&self) -> bool {
         self.created.elapsed() < self.ttl
     }
-}
 
-struct PerEntryTtl;
+    /// Past its freshness and its stale window: as if it were not there.
+    fn is_expired(&self) -> bool {
+        self.created.elapsed() >= self.ttl + self.stale
+    }
 
-impl moka::Expiry<Key, Arc<Entry>> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &Key, value: &Arc<Entry>, _created_at: Instant) -> Option<Duration> {
-        Some(value.ttl + value.stale)
+    fn worth_keeping(&self) -> bool {
+        !(self.ttl + self.stale).is_zero()
     }
 }
 
 pub struct VerdictCache {
-    inner: Option<moka::future::Cache<Key, Arc<Entry>>>,
+    inner: Option<quick_cache::sync::Cache<Key, Arc<Entry>>>,
 }
 
 /// Where a verdict came from, for logs and counters.
@@ -61,8 +63,7 @@ pub enum Source {
 impl VerdictCache {
     /// `max_entries = 0` turns caching off.
     pub fn new(max_entries: u64) -> Self {
-        let inner = (max_entries > 0)
-            .then(|| moka::future::Cache::builder().max_capacity(max_entries).expire_after(PerEntryTtl).build());
+        let inner = (max_entries > 0).then(|| quick_cache::sync::Cache::new(max_entries as usize));
         VerdictCache { inner }
     }
 
@@ -84,45 +85,46 @@ impl VerdictCache {
         let Some(cache) = &self.inner else {
             return load.await.map(|e| (Arc::new(e), Source::Provider, None));
         };
-        if let Some(old) = cache.get(&key).await {
-            if old.is_fresh() {
-                return Ok((old, Source::Cache, None));
-            }
-            return match load.await {
-                Ok(new) => {
-                    let new = Arc::new(new);
-                    if !new.ttl.is_zero() {
-                        cache.insert(key, new.clone()).await;
-                    } else {
-                        cache.invalidate(&key).await;
-                    }
-                    Ok((new, Source::Provider, None))
+        loop {
+            match cache.get_value_or_guard_async(&key).await {
+                Ok(old) if old.is_expired() => {
+                    cache.remove_if(&key, |v| Arc::ptr_eq(v, &old));
                 }
-                Err(why) => Ok((old, Source::Stale, Some(why))),
-            };
+                Ok(fresh) if fresh.is_fresh() => return Ok((fresh, Source::Cache, None)),
+                Ok(old) => {
+                    return match load.await {
+                        Ok(new) => {
+                            let new = Arc::new(new);
+                            if new.worth_keeping() {
+                                cache.insert(key, new.clone());
+                            } else {
+                                cache.remove(&key);
+                            }
+                            Ok((new, Source::Provider, None))
+                        }
+                        Err(why) => Ok((old, Source::Stale, Some(why))),
+                    };
+                }
+                // A miss: this caller loads; others asking for the same key meanwhile wait for it.
+                // If the load fails, the guard is dropped unfilled and a waiter loads in its turn.
+                Err(guard) => {
+                    let new = Arc::new(load.await?);
+                    if new.worth_keeping() {
+                        let _ = guard.insert(new.clone());
+                    }
+                    return Ok((new, Source::Provider, None));
+                }
+            }
         }
-        let entry = cache
-            .entry(key)
-            .or_try_insert_with(async { load.await.map(Arc::new) })
-            .await
-            .map_err(|e| (*e).clone())?;
-        let source = if entry.is_fresh() { Source::Provider } else { Source::Cache };
-        let value = entry.into_value();
-        if value.ttl.is_zero() && value.stale.is_zero() {
-            cache.invalidate(&key).await;
-        }
-        Ok((value, source, None))
+    }
+
+    /// A fresh entry for `key`, if there is one (no loading, no waiting).
+    pub fn fresh(&self, key: &Key) -> Option<Arc<Entry>> {
+        self.inner.as_ref()?.get(key).filter(|e| e.is_fresh())
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.inner.as_ref().map_or(0, |c| c.entry_count())
-    }
-
-    /// Lets moka apply pending evictions now (tests and counters read exact sizes).
-    pub async fn run_pending_tasks(&self) {
-        if let Some(c) = &self.inner {
-            c.run_pending_tasks().await;
-        }
+        self.inner.as_ref().map_or(0, |c| c.len() as u64)
     }
 }
 
@@ -206,6 +208,33 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_load_lets_a_waiting_caller_load_again() {
+        rt().block_on(async {
+            let c = VerdictCache::new(10);
+            let loads = AtomicUsize::new(0);
+            let k = VerdictCache::key("a", b"t");
+            let one = || async {
+                c.get_or_load(k, async {
+                    let n = loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    if n == 0 {
+                        Err(Unavailable::Internal("down".into()))
+                    } else {
+                        Ok(ok(60_000))
+                    }
+                })
+                .await
+                .map(|(_, s, _)| s)
+            };
+            let (first, second) = tokio::join!(one(), one());
+            assert!(first.is_err());
+            assert_eq!(second, Ok(Source::Provider));
+            assert_eq!(loads.load(Ordering::SeqCst), 2);
+            assert_eq!(c.get_or_load(k, async { panic!("cached") }).await.unwrap().1, Source::Cache);
+        });
+    }
+
+    #[test]
     fn stale_acceptance_is_used_only_when_the_provider_cannot_answer() {
         rt().block_on(async {
             let c = VerdictCache::new(10);
@@ -235,7 +264,6 @@ mod tests {
             for i in 0..1000u32 {
                 c.get_or_load(VerdictCache::key("a", &i.to_be_bytes()), async { Ok(ok(60_000)) }).await.unwrap();
             }
-            c.run_pending_tasks().await;
             assert!(c.entry_count() <= 100, "{}", c.entry_count());
         });
     }

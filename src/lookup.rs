@@ -66,6 +66,16 @@ impl Outcome {
     }
 }
 
+/// What a login came to before it is counted and logged: the fields to export, or why not.
+type Decided = Result<(Vec<(String, String)>, Source), (AuthError, Option<Source>)>;
+
+fn verdict_of(entry: &Entry, source: Source) -> Decided {
+    match &entry.verdict {
+        Ok(identity) => Ok((identity.fields.clone(), source)),
+        Err(r) => Err((r.clone().into(), Some(source))),
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -99,7 +109,21 @@ impl Authenticator {
     pub async fn verify(&self, login_user: &str, raw_token: &[u8]) -> Outcome {
         let started = Instant::now();
         let mut warnings = Vec::new();
-        let (verdict, source) = match self.decide(login_user, raw_token, &mut warnings).await {
+        let decided = self.decide(login_user, raw_token, &mut warnings).await;
+        self.outcome(started, raw_token, decided, warnings)
+    }
+
+    /// The warm path: a login answered by a fresh cache entry, without entering the runtime. None
+    /// when the token has to be looked at or the provider asked (then `verify` does it all).
+    pub fn verify_cached(&self, login_user: &str, raw_token: &[u8]) -> Option<Outcome> {
+        let started = Instant::now();
+        Token::parse(raw_token, self.settings.max_token_bytes).ok()?;
+        let entry = self.cache.fresh(&VerdictCache::key(login_user, raw_token))?;
+        Some(self.outcome(started, raw_token, verdict_of(&entry, Source::Cache), Vec::new()))
+    }
+
+    fn outcome(&self, started: Instant, raw_token: &[u8], decided: Decided, mut warnings: Vec<String>) -> Outcome {
+        let (verdict, source) = match decided {
             Ok((fields, source)) => (Verdict::Accept(fields), Some(source)),
             Err((e, source)) => (Verdict::from(Err(e)), source),
         };
@@ -111,12 +135,7 @@ impl Authenticator {
         Outcome { verdict, source, fingerprint: fingerprint(raw_token), elapsed: started.elapsed(), local, warnings }
     }
 
-    async fn decide(
-        &self,
-        login_user: &str,
-        raw: &[u8],
-        warnings: &mut Vec<String>,
-    ) -> Result<(Vec<(String, String)>, Source), (AuthError, Option<Source>)> {
+    async fn decide(&self, login_user: &str, raw: &[u8], warnings: &mut Vec<String>) -> Decided {
         let token = Token::parse(raw, self.settings.max_token_bytes).map_err(|r| (r.into(), None))?;
         trace::note(|| {
             let shape = if token.looks_like_jwt() { "JWT-shaped" } else { "opaque" };
@@ -139,10 +158,7 @@ impl Authenticator {
             Source::Stale => "cache: stale acceptance used, provider unavailable".into(),
             Source::Provider => format!("cache: miss; verdict kept {} s", entry.ttl.as_secs()),
         });
-        match &entry.verdict {
-            Ok(identity) => Ok((identity.fields.clone(), source)),
-            Err(r) => Err((r.clone().into(), Some(source))),
-        }
+        verdict_of(&entry, source)
     }
 
     /// Validates the token locally or asks the provider, applies the rules, and decides how long the
@@ -239,6 +255,22 @@ mod tests {
             assert_eq!(o.verdict, Verdict::Accept(vec![]));
             let req = srv.requests().pop().unwrap();
             assert!(req.contains("authorization: Bearer tok-1") || req.contains("Authorization: Bearer tok-1"), "{req}");
+        });
+    }
+
+    #[test]
+    fn cache_fast_path_answers_only_fresh_entries_and_like_the_full_path() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"alice@example.test"}"#)).await;
+            let a = auth("", &srv.url("/userinfo"));
+            assert!(a.verify_cached("alice@example.test", b"tok-1").is_none(), "nothing cached yet");
+            let first = a.verify("alice@example.test", b"tok-1").await;
+            let fast = a.verify_cached("alice@example.test", b"tok-1").expect("a cache hit");
+            assert_eq!((fast.verdict, fast.source), (first.verdict, Some(Source::Cache)));
+            assert!(a.verify_cached("bob@example.test", b"tok-1").is_none(), "the key binds the user");
+            assert!(a.verify_cached("alice@example.test", b"bad token").is_none(), "malformed: full path");
+            assert_eq!(srv.requests().len(), 1);
+            assert_eq!((a.stats().accepted, a.stats().cache_hits), (2, 1));
         });
     }
 
