@@ -57,7 +57,7 @@ CEILING_LUA = """-- benchmark ceiling: accept every login at once (the cost of D
 function script_init() return 0 end
 function script_deinit() end
 function auth_password_verify(req, token)
-  return dovecot.auth.PASSDB_RESULT_OK, {}
+  return dovecot.auth.PASSDB_RESULT_OK, ""
 end
 function auth_passdb_lookup(req)
   return dovecot.auth.PASSDB_RESULT_USER_UNKNOWN, "verify only"

@@ -154,9 +154,8 @@ pub async fn validate(
         }
         .into());
     }
-    let verified = usable.iter().any(|k| {
-        jsonwebtoken::crypto::verify(jwt.signature, jwt.signed.as_bytes(), &k.key, alg).unwrap_or(false)
-    });
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.signature).map_err(|_| Rejection::BadSignature)?;
+    let verified = usable.iter().any(|k| k.verifies(alg, jwt.signed.as_bytes(), &signature));
     if !verified {
         return Err(Rejection::BadSignature.into());
     }
