@@ -43,7 +43,9 @@ impl Breaker {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let Some(st) = hosts.get_mut(host) else { return Ok(()) };
         match st.open_until {
-            Some(until) if Instant::now() < until => Err(Open { failures: st.failures, retry_in: until - Instant::now() }),
+            Some(until) if Instant::now() < until => {
+                Err(Open { failures: st.failures, retry_in: until - Instant::now() })
+            }
             Some(_) => {
                 // Half-open: let this one through; until it reports, others wait out a fresh back-off.
                 st.open_until = Some(Instant::now() + self.backoff);

@@ -78,7 +78,11 @@ impl VerdictCache {
     /// The cached verdict for `key`, or the one `load` computes (shared by concurrent callers).
     /// A stale acceptance is checked again; if that fails for lack of an answer, the stale one is used
     /// and the reason returned with it.
-    pub async fn get_or_load<F>(&self, key: Key, load: F) -> Result<(Arc<Entry>, Source, Option<Unavailable>), Unavailable>
+    pub async fn get_or_load<F>(
+        &self,
+        key: Key,
+        load: F,
+    ) -> Result<(Arc<Entry>, Source, Option<Unavailable>), Unavailable>
     where
         F: Future<Output = Result<Entry, Unavailable>>,
     {
@@ -144,6 +148,17 @@ mod tests {
         Entry::new(Ok(id), Duration::from_millis(ttl), Duration::from_millis(stale))
     }
 
+    /// A load that takes 30 ms and counts itself; with `first_fails`, the first one finds the provider down.
+    async fn counted_load(loads: &AtomicUsize, first_fails: bool) -> Result<Entry, Unavailable> {
+        let n = loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if first_fails && n == 0 {
+            Err(Unavailable::Internal("down".into()))
+        } else {
+            Ok(ok(60_000))
+        }
+    }
+
     #[test]
     fn key_depends_on_user_and_token_and_is_not_the_token() {
         let k = VerdictCache::key("alice", b"tok");
@@ -193,15 +208,7 @@ mod tests {
             let c = VerdictCache::new(10);
             let loads = AtomicUsize::new(0);
             let k = VerdictCache::key("a", b"t");
-            let one = || async {
-                c.get_or_load(k, async {
-                    loads.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    Ok(ok(60_000))
-                })
-                .await
-                .unwrap()
-            };
+            let one = || async { c.get_or_load(k, counted_load(&loads, false)).await.unwrap() };
             let _ = tokio::join!(one(), one(), one(), one());
             assert_eq!(loads.load(Ordering::SeqCst), 1);
         });
@@ -213,19 +220,7 @@ mod tests {
             let c = VerdictCache::new(10);
             let loads = AtomicUsize::new(0);
             let k = VerdictCache::key("a", b"t");
-            let one = || async {
-                c.get_or_load(k, async {
-                    let n = loads.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    if n == 0 {
-                        Err(Unavailable::Internal("down".into()))
-                    } else {
-                        Ok(ok(60_000))
-                    }
-                })
-                .await
-                .map(|(_, s, _)| s)
-            };
+            let one = || async { c.get_or_load(k, counted_load(&loads, true)).await.map(|(_, s, _)| s) };
             let (first, second) = tokio::join!(one(), one());
             assert!(first.is_err());
             assert_eq!(second, Ok(Source::Provider));

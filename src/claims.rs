@@ -178,19 +178,26 @@ mod tests {
 
     #[test]
     fn matching_email_is_accepted_case_insensitively_by_default() {
-        assert!(check(&settings(""), &claims(json!({"email": "Alice@Example.test"})), "alice@example.test", NOW).is_ok());
-        assert!(check(&settings(""), &claims(json!({"email": "alice@example.test"})), "ALICE@Example.TEST", NOW).is_ok());
+        assert!(
+            check(&settings(""), &claims(json!({"email": "Alice@Example.test"})), "alice@example.test", NOW).is_ok()
+        );
+        assert!(
+            check(&settings(""), &claims(json!({"email": "alice@example.test"})), "ALICE@Example.TEST", NOW).is_ok()
+        );
     }
 
     #[test]
     fn token_of_another_user_is_rejected() {
-        let e = check(&settings(""), &claims(json!({"email": "bob@example.test"})), "alice@example.test", NOW).unwrap_err();
+        let e =
+            check(&settings(""), &claims(json!({"email": "bob@example.test"})), "alice@example.test", NOW).unwrap_err();
         assert!(matches!(e, Rejection::WrongUser { .. }));
     }
 
     #[test]
     fn reply_without_the_username_attribute_is_rejected() {
-        let e = check(&settings("username_attribute = preferred_username\n"), &claims(json!({"email": "a@x"})), "a@x", NOW).unwrap_err();
+        let e =
+            check(&settings("username_attribute = preferred_username\n"), &claims(json!({"email": "a@x"})), "a@x", NOW)
+                .unwrap_err();
         assert_eq!(e, Rejection::NoUsername("preferred_username".into()));
     }
 
@@ -203,21 +210,30 @@ mod tests {
     #[test]
     fn expired_reply_is_rejected_after_the_leeway() {
         let s = settings("leeway_secs = 0\n");
-        assert!(matches!(check(&s, &claims(json!({"exp": NOW - 1, "email": "a@x"})), "a@x", NOW), Err(Rejection::Expired(1))));
+        assert!(matches!(
+            check(&s, &claims(json!({"exp": NOW - 1, "email": "a@x"})), "a@x", NOW),
+            Err(Rejection::Expired(1))
+        ));
         assert!(check(&settings(""), &claims(json!({"exp": NOW - 1, "email": "a@x"})), "a@x", NOW).is_ok());
     }
 
     #[test]
     fn not_yet_valid_reply_is_rejected() {
         let s = settings("leeway_secs = 0\n");
-        assert!(matches!(check(&s, &claims(json!({"nbf": NOW + 100, "email": "a@x"})), "a@x", NOW), Err(Rejection::NotYetValid(100))));
+        assert!(matches!(
+            check(&s, &claims(json!({"nbf": NOW + 100, "email": "a@x"})), "a@x", NOW),
+            Err(Rejection::NotYetValid(100))
+        ));
     }
 
     #[test]
     fn iat_in_the_future_beyond_the_leeway_is_rejected() {
         let s = settings("leeway_secs = 10\n");
         assert!(check(&s, &claims(json!({"iat": NOW + 10, "email": "a@x"})), "a@x", NOW).is_ok());
-        assert_eq!(check(&s, &claims(json!({"iat": NOW + 11, "email": "a@x"})), "a@x", NOW).unwrap_err(), Rejection::IssuedInFuture(11));
+        assert_eq!(
+            check(&s, &claims(json!({"iat": NOW + 11, "email": "a@x"})), "a@x", NOW).unwrap_err(),
+            Rejection::IssuedInFuture(11)
+        );
     }
 
     #[test]
@@ -240,7 +256,10 @@ mod tests {
     fn audience_must_match_one_configured_value() {
         let s = settings("audience = urn:dovecot\n");
         assert!(check(&s, &claims(json!({"aud": ["x", "urn:dovecot"], "email": "a@x"})), "a@x", NOW).is_ok());
-        assert!(matches!(check(&s, &claims(json!({"aud": "x", "email": "a@x"})), "a@x", NOW), Err(Rejection::WrongAudience(_))));
+        assert!(matches!(
+            check(&s, &claims(json!({"aud": "x", "email": "a@x"})), "a@x", NOW),
+            Err(Rejection::WrongAudience(_))
+        ));
         assert!(matches!(check(&s, &claims(json!({"email": "a@x"})), "a@x", NOW), Err(Rejection::WrongAudience(_))));
     }
 
@@ -258,8 +277,14 @@ mod tests {
     fn active_attribute_and_value_follow_dovecot() {
         let s = settings("active_attribute = status\nactive_value = enabled\n");
         assert!(check(&s, &claims(json!({"status": "enabled", "email": "a@x"})), "a@x", NOW).is_ok());
-        assert!(matches!(check(&s, &claims(json!({"status": "locked", "email": "a@x"})), "a@x", NOW), Err(Rejection::AccountDisabled { .. })));
-        assert!(matches!(check(&s, &claims(json!({"email": "a@x"})), "a@x", NOW), Err(Rejection::AccountDisabled { .. })));
+        assert!(matches!(
+            check(&s, &claims(json!({"status": "locked", "email": "a@x"})), "a@x", NOW),
+            Err(Rejection::AccountDisabled { .. })
+        ));
+        assert!(matches!(
+            check(&s, &claims(json!({"email": "a@x"})), "a@x", NOW),
+            Err(Rejection::AccountDisabled { .. })
+        ));
         let present_only = settings("active_attribute = email_verified\n");
         assert!(check(&present_only, &claims(json!({"email_verified": false, "email": "a@x"})), "a@x", NOW).is_ok());
     }

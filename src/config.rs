@@ -252,14 +252,10 @@ const IGNORED_DOVECOT_KEYS: &[(&str, &str)] = &[
 impl Settings {
     /// Reads and checks a settings file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read(path).map_err(|e| ConfigError::Read {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let text = String::from_utf8(text).map_err(|_| ConfigError::Read {
-            path: path.to_owned(),
-            reason: "not UTF-8".into(),
-        })?;
+        let text =
+            std::fs::read(path).map_err(|e| ConfigError::Read { path: path.to_owned(), reason: e.to_string() })?;
+        let text = String::from_utf8(text)
+            .map_err(|_| ConfigError::Read { path: path.to_owned(), reason: "not UTF-8".into() })?;
         let mut s = Settings::parse(path, &text)?;
         s.warn_about_permissions();
         Ok(s)
@@ -275,12 +271,8 @@ impl Settings {
             let line = idx + 1;
             let Some((key, value)) = split_line(path, line, raw)? else { continue };
             let value = resolve_value(path, line, &key, value)?;
-            let invalid = |reason: String| ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                key: key.clone(),
-                reason,
-            };
+            let invalid =
+                |reason: String| ConfigError::Invalid { path: path.to_owned(), line, key: key.clone(), reason };
             let opt = |v: &str| if v.is_empty() { None } else { Some(v.to_string()) };
             let list = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
             match key.as_str() {
@@ -550,7 +542,9 @@ fn split_line(path: &Path, line: usize, raw: &str) -> Result<Option<(String, Str
         return Err(ConfigError::Syntax { path: path.to_owned(), line, reason: format!("bad key '{key}'") });
     }
     let mut value = value.trim();
-    if value.len() >= 2 && ((value.starts_with('"') && value.ends_with('"')) || (value.starts_with('\'') && value.ends_with('\''))) {
+    if value.len() >= 2
+        && ((value.starts_with('"') && value.ends_with('"')) || (value.starts_with('\'') && value.ends_with('\'')))
+    {
         value = &value[1..value.len() - 1];
     }
     Ok(Some((key.to_string(), value.to_string())))
@@ -620,7 +614,11 @@ mod tests {
         std::fs::write(&path, "introspection_url = https://idp/u\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let s = Settings::load(&path).unwrap();
-        assert!(s.warnings.iter().any(|w| w.contains("readable by users other than root and dovecot")), "{:?}", s.warnings);
+        assert!(
+            s.warnings.iter().any(|w| w.contains("readable by users other than root and dovecot")),
+            "{:?}",
+            s.warnings
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(Settings::load(&path).unwrap().warnings.is_empty());
         std::fs::remove_file(&path).unwrap();
@@ -639,7 +637,10 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_naming_file_line_and_key() {
         let e = parse("introspection_url = https://idp/u\nintrospection_uri = x\n").unwrap_err();
-        assert_eq!(e.to_string(), "settings file /etc/dovecot/dovecot-oauth2.conf.ext line 2: unknown key 'introspection_uri'");
+        assert_eq!(
+            e.to_string(),
+            "settings file /etc/dovecot/dovecot-oauth2.conf.ext line 2: unknown key 'introspection_uri'"
+        );
     }
 
     #[test]
@@ -662,7 +663,8 @@ mod tests {
 
     #[test]
     fn dovecot_keys_without_effect_are_accepted_with_a_warning() {
-        let s = parse("introspection_url = https://idp/u\nrawlog_dir = /tmp/raw\nmax_pipelined_requests = 1\n").unwrap();
+        let s =
+            parse("introspection_url = https://idp/u\nrawlog_dir = /tmp/raw\nmax_pipelined_requests = 1\n").unwrap();
         assert_eq!(s.warnings.len(), 2);
     }
 
@@ -682,10 +684,15 @@ mod tests {
 
     #[test]
     fn pass_attrs_are_split_into_field_templates() {
-        let s = parse("introspection_url = https://idp/u\npass_attrs = proxy=y quota=%{oauth2:quota:1G} nodelay\n").unwrap();
+        let s = parse("introspection_url = https://idp/u\npass_attrs = proxy=y quota=%{oauth2:quota:1G} nodelay\n")
+            .unwrap();
         assert_eq!(
             s.pass_attrs,
-            vec![("proxy".into(), "y".into()), ("quota".into(), "%{oauth2:quota:1G}".into()), ("nodelay".into(), "".into())]
+            vec![
+                ("proxy".into(), "y".into()),
+                ("quota".into(), "%{oauth2:quota:1G}".into()),
+                ("nodelay".into(), "".into())
+            ]
         );
     }
 
@@ -759,7 +766,8 @@ mod tests {
 
     #[test]
     fn jwks_max_age_below_a_minute_is_refused() {
-        let e = parse("introspection_mode = local\nopenid_configuration_url = https://idp/d\njwks_max_age_secs = 5\n").unwrap_err();
+        let e = parse("introspection_mode = local\nopenid_configuration_url = https://idp/d\njwks_max_age_secs = 5\n")
+            .unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_max_age_secs"), "{e}");
     }
 }

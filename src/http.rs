@@ -79,7 +79,8 @@ fn breaker_key(url: &str) -> &str {
 impl Http {
     pub fn new(s: &Settings, stats: Arc<Stats>) -> Result<Http, ConfigError> {
         let lookups = Arc::new(Mutex::new(Vec::new()));
-        let bad = |key: &str, reason: String| ConfigError::Invalid { path: s.path.clone(), line: 0, key: key.into(), reason };
+        let bad =
+            |key: &str, reason: String| ConfigError::Invalid { path: s.path.clone(), line: 0, key: key.into(), reason };
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("dovecot-oauth2/", env!("CARGO_PKG_VERSION")))
             .timeout(s.timeout)
@@ -99,7 +100,8 @@ impl Http {
             );
         }
         if let Some(dir) = &s.tls_ca_cert_dir {
-            let entries = std::fs::read_dir(dir).map_err(|e| bad("tls_ca_cert_dir", format!("{}: {e}", dir.display())))?;
+            let entries =
+                std::fs::read_dir(dir).map_err(|e| bad("tls_ca_cert_dir", format!("{}: {e}", dir.display())))?;
             for entry in entries.flatten() {
                 if let Ok(pem) = std::fs::read(entry.path()) {
                     roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
@@ -136,7 +138,8 @@ impl Http {
                 retry_in_secs: open.retry_in.as_secs().max(1),
             });
         }
-        let request = req.build().map_err(|e| Unavailable::Internal(format!("request to {url}: {}", e.without_url())))?;
+        let request =
+            req.build().map_err(|e| Unavailable::Internal(format!("request to {url}: {}", e.without_url())))?;
         let method = request.method().clone();
         let retry = request.try_clone();
         let started = Instant::now();
@@ -166,7 +169,9 @@ impl Http {
             self.breaker.success(&host);
         }
         trace::note(|| match &result {
-            Ok(r) => format!("{method} {url} -> HTTP {} ({} bytes) in {} ms", r.status, r.body.len(), r.elapsed.as_millis()),
+            Ok(r) => {
+                format!("{method} {url} -> HTTP {} ({} bytes) in {} ms", r.status, r.body.len(), r.elapsed.as_millis())
+            }
             Err(e) => format!("{method} {url} -> {e}"),
         });
         result
@@ -177,18 +182,21 @@ impl Http {
         let work = async {
             let mut resp = self.client.execute(request).await.map_err(|e| classify(e, &url, self.timeout))?;
             let status = resp.status().as_u16();
-            let cache_control = resp
-                .headers()
-                .get(reqwest::header::CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let cache_control =
+                resp.headers().get(reqwest::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).map(str::to_string);
             if resp.content_length().is_some_and(|n| n > self.max_body as u64) {
-                return Err(Unavailable::BadReply { url: url.clone(), reason: format!("body over {} bytes", self.max_body) });
+                return Err(Unavailable::BadReply {
+                    url: url.clone(),
+                    reason: format!("body over {} bytes", self.max_body),
+                });
             }
             let mut body = Vec::new();
             while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, &url, self.timeout))? {
                 if body.len() + chunk.len() > self.max_body {
-                    return Err(Unavailable::BadReply { url: url.clone(), reason: format!("body over {} bytes", self.max_body) });
+                    return Err(Unavailable::BadReply {
+                        url: url.clone(),
+                        reason: format!("body over {} bytes", self.max_body),
+                    });
                 }
                 body.extend_from_slice(&chunk);
             }

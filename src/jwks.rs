@@ -13,8 +13,8 @@
 use crate::config::Settings;
 use crate::errors::Unavailable;
 use crate::http::{redact_url, Http};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
@@ -50,13 +50,10 @@ impl VerifyKey {
 
 /// aws-lc's verification parameters for a JWS algorithm (RFC 7518: ECDSA signatures are r||s).
 fn parameters(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    if let Some(rsa) = rsa_parameters(alg) {
+        return Some(rsa);
+    }
     Some(match alg {
-        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
         Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
         Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
         Algorithm::EdDSA => &signature::ED25519,
@@ -229,7 +226,8 @@ impl KeyStore {
 
     /// Why a discovery source has not told its issuer yet, if one has not.
     pub fn undiscovered(&self) -> Option<Unavailable> {
-        let indices: Vec<usize> = (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Discovery).collect();
+        let indices: Vec<usize> =
+            (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Discovery).collect();
         self.never_fetched(&indices)
     }
 
@@ -315,7 +313,10 @@ async fn fetch(http: &Http, kind: Kind, url: &str, cap: Duration) -> Result<Fetc
     };
     let (set, cache_control) = get_json(http, &jwks_url).await?;
     let Some(Value::Array(list)) = set.get("keys") else {
-        return Err(Unavailable::BadReply { url: redact_url(&jwks_url), reason: "not a JWK Set (no keys array)".into() });
+        return Err(Unavailable::BadReply {
+            url: redact_url(&jwks_url),
+            reason: "not a JWK Set (no keys array)".into(),
+        });
     };
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
@@ -365,7 +366,14 @@ pub fn parse_jwk(v: &Value) -> Result<VerifyKey, String> {
     let (key_type, family): (&'static str, &[Algorithm]) = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => (
             "RSA",
-            &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS384, Algorithm::PS512],
+            &[
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
         ),
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => ("EC P-256", &[Algorithm::ES256]),
@@ -469,7 +477,9 @@ mod tests {
     fn symmetric_and_encryption_keys_are_skipped() {
         assert!(parse_jwk(&json!({"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"})).unwrap_err().contains("oct"));
         assert!(parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "use": "enc"})).is_err());
-        assert!(parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "key_ops": ["encrypt"]})).is_err());
+        assert!(
+            parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "key_ops": ["encrypt"]})).is_err()
+        );
     }
 
     #[test]
@@ -494,7 +504,11 @@ mod tests {
     fn providers_cache_control_sets_how_long_keys_are_kept() {
         rt().block_on(async {
             let k = TestKey::es256("e1");
-            let srv = TestServer::routes(&[("/k", Canned::json(200, &jwks(&[&k])).header("Cache-Control", "public, max-age=120"))]).await;
+            let srv = TestServer::routes(&[(
+                "/k",
+                Canned::json(200, &jwks(&[&k])).header("Cache-Control", "public, max-age=120"),
+            )])
+            .await;
             let (store, http) = store_for(&srv.url("/k"));
             store.refresh_due(&http).await;
             assert_eq!(store.sources[0].state.lock().unwrap().max_age, Duration::from_secs(120));
@@ -525,7 +539,8 @@ mod tests {
     #[test]
     fn key_set_without_a_usable_key_is_an_unusable_reply() {
         rt().block_on(async {
-            let srv = TestServer::routes(&[("/k", Canned::json(200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#))]).await;
+            let srv =
+                TestServer::routes(&[("/k", Canned::json(200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#))]).await;
             let (store, http) = store_for(&srv.url("/k"));
             store.refresh_due(&http).await;
             let u = store.never_fetched(&[0]).unwrap();

@@ -86,7 +86,8 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     match h.get("typ") {
         None => {}
         Some(Value::String(t))
-            if ["jwt", "at+jwt", "application/jwt", "application/at+jwt"].contains(&t.to_ascii_lowercase().as_str()) => {}
+            if ["jwt", "at+jwt", "application/jwt", "application/at+jwt"]
+                .contains(&t.to_ascii_lowercase().as_str()) => {}
         Some(Value::String(t)) => return Err(Rejection::WrongType(shown(t))),
         Some(other) => return Err(Rejection::WrongType(shown(&other.to_string()))),
     }
@@ -154,7 +155,8 @@ pub async fn validate(
         }
         .into());
     }
-    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.signature).map_err(|_| Rejection::BadSignature)?;
+    let signature =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.signature).map_err(|_| Rejection::BadSignature)?;
     let verified = usable.iter().any(|k| k.verifies(alg, jwt.signed.as_bytes(), &signature));
     if !verified {
         return Err(Rejection::BadSignature.into());
@@ -197,8 +199,14 @@ mod tests {
     fn header_checks_take_nothing_but_public_key_algorithms() {
         let h = |v: Value| v.as_object().unwrap().clone();
         assert_eq!(check_header(&h(serde_json::json!({"alg": "none"}))), Err(Rejection::Unsigned));
-        assert_eq!(check_header(&h(serde_json::json!({"alg": "HS256"}))), Err(Rejection::HmacAlgorithm("HS256".into())));
-        assert!(matches!(check_header(&h(serde_json::json!({"alg": "ES512"}))), Err(Rejection::UnsupportedAlgorithm(_))));
+        assert_eq!(
+            check_header(&h(serde_json::json!({"alg": "HS256"}))),
+            Err(Rejection::HmacAlgorithm("HS256".into()))
+        );
+        assert!(matches!(
+            check_header(&h(serde_json::json!({"alg": "ES512"}))),
+            Err(Rejection::UnsupportedAlgorithm(_))
+        ));
         assert!(matches!(check_header(&h(serde_json::json!({}))), Err(Rejection::Malformed(_))));
         assert_eq!(check_header(&h(serde_json::json!({"alg": "PS384", "typ": "at+JWT"}))), Ok(Algorithm::PS384));
     }
@@ -227,13 +235,19 @@ mod local_tests {
     /// A provider publishing `keys` through discovery; its issuer is its base URL.
     async fn provider(keys: &[&TestKey]) -> TestServer {
         let srv = TestServer::routes(&[]).await;
-        srv.set(DISCOVERY, Canned::json(200, &json!({"issuer": srv.url(""), "jwks_uri": srv.url("/jwks")}).to_string()));
+        srv.set(
+            DISCOVERY,
+            Canned::json(200, &json!({"issuer": srv.url(""), "jwks_uri": srv.url("/jwks")}).to_string()),
+        );
         srv.set("/jwks", Canned::json(200, &jwks(keys)));
         srv
     }
 
     fn local(srv: &TestServer, extra: &str) -> Authenticator {
-        let text = format!("introspection_mode = local\nopenid_configuration_url = {}\naudience = mail\n{extra}", srv.url(DISCOVERY));
+        let text = format!(
+            "introspection_mode = local\nopenid_configuration_url = {}\naudience = mail\n{extra}",
+            srv.url(DISCOVERY)
+        );
         Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap()
     }
 
@@ -317,7 +331,8 @@ mod local_tests {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
-            let t = format!("{}.{}.", b64url(br#"{"alg":"none","kid":"e1"}"#), b64url(claims(&srv).to_string().as_bytes()));
+            let t =
+                format!("{}.{}.", b64url(br#"{"alg":"none","kid":"e1"}"#), b64url(claims(&srv).to_string().as_bytes()));
             assert_eq!(rejected(&verdict(&local(&srv, ""), &t).await), &Rejection::Unsigned);
         });
     }
@@ -329,7 +344,8 @@ mod local_tests {
             let srv = provider(&[&k]).await;
             // The attacker's "secret" is the public JWK anyone can download.
             let secret = jsonwebtoken::EncodingKey::from_secret(k.jwk.to_string().as_bytes());
-            let signed = format!("{}.{}", b64url(br#"{"alg":"HS256","kid":"r1"}"#), b64url(claims(&srv).to_string().as_bytes()));
+            let signed =
+                format!("{}.{}", b64url(br#"{"alg":"HS256","kid":"r1"}"#), b64url(claims(&srv).to_string().as_bytes()));
             let sig = jsonwebtoken::crypto::sign(signed.as_bytes(), &secret, Algorithm::HS256).unwrap();
             let e = verdict(&local(&srv, ""), &format!("{signed}.{sig}")).await;
             assert_eq!(rejected(&e), &Rejection::HmacAlgorithm("HS256".into()));
@@ -344,7 +360,10 @@ mod local_tests {
             let srv = provider(&[&ec]).await;
             // Signed by an RSA key, named as the provider's EC key.
             let e = verdict(&local(&srv, ""), &rsa.sign(&claims(&srv))).await;
-            assert!(matches!(rejected(&e), Rejection::KeyAlgorithmMismatch { key_type, .. } if key_type == "EC P-256"), "{e:?}");
+            assert!(
+                matches!(rejected(&e), Rejection::KeyAlgorithmMismatch { key_type, .. } if key_type == "EC P-256"),
+                "{e:?}"
+            );
         });
     }
 
@@ -378,7 +397,10 @@ mod local_tests {
             let real = TestKey::ed25519("k");
             let forged = TestKey::ed25519("k");
             let srv = provider(&[&real]).await;
-            assert_eq!(rejected(&verdict(&local(&srv, ""), &forged.sign(&claims(&srv))).await), &Rejection::BadSignature);
+            assert_eq!(
+                rejected(&verdict(&local(&srv, ""), &forged.sign(&claims(&srv))).await),
+                &Rejection::BadSignature
+            );
         });
     }
 
@@ -389,7 +411,10 @@ mod local_tests {
             let srv = provider(&[&k]).await;
             let a = local(&srv, "leeway_secs = 60\n");
             let now = unix_now();
-            assert_eq!(verdict(&a, &k.sign(&with(claims(&srv), "exp", json!(now - 30)))).await, Verdict::Accept(vec![]));
+            assert_eq!(
+                verdict(&a, &k.sign(&with(claims(&srv), "exp", json!(now - 30)))).await,
+                Verdict::Accept(vec![])
+            );
             let e = verdict(&a, &k.sign(&with(claims(&srv), "exp", json!(now - 120)))).await;
             assert!(matches!(rejected(&e), Rejection::Expired(_)), "{e:?}");
         });
@@ -610,10 +635,16 @@ mod local_tests {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
             srv.set("/introspect", Canned::json(200, r#"{"active":true,"email":"alice@example.test","aud":"mail"}"#));
-            let a = local(&srv, &format!("introspection_url = {}\nclient_id = dovecot\nclient_secret = s\n", srv.url("/introspect")));
+            let a = local(
+                &srv,
+                &format!("introspection_url = {}\nclient_id = dovecot\nclient_secret = s\n", srv.url("/introspect")),
+            );
             assert_eq!(verdict(&a, "opaque-token").await, Verdict::Accept(vec![]));
             let req = srv.requests().into_iter().find(|r| r.contains("/introspect")).unwrap();
-            assert!(req.starts_with("POST /introspect") && req.ends_with("token=opaque-token&token_type_hint=access_token"), "{req}");
+            assert!(
+                req.starts_with("POST /introspect") && req.ends_with("token=opaque-token&token_type_hint=access_token"),
+                "{req}"
+            );
         });
     }
 
@@ -715,7 +746,8 @@ mod local_tests {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let port = TestServer::closed_port();
-            let text = format!("introspection_mode = local\nopenid_configuration_url = http://127.0.0.1:{port}{DISCOVERY}\n");
+            let text =
+                format!("introspection_mode = local\nopenid_configuration_url = http://127.0.0.1:{port}{DISCOVERY}\n");
             let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
             let t = k.sign(&json!({"iss": "x", "email": "alice@example.test", "exp": unix_now() + 60}));
             let o = a.verify("alice@example.test", t.as_bytes()).await;
@@ -728,7 +760,8 @@ mod local_tests {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let port = TestServer::closed_port();
-            let text = format!("introspection_mode = local\njwks_url = http://127.0.0.1:{port}/jwks\nissuers = https://idp\n");
+            let text =
+                format!("introspection_mode = local\njwks_url = http://127.0.0.1:{port}/jwks\nissuers = https://idp\n");
             let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
             let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": unix_now() + 60}));
             assert!(matches!(verdict(&a, &t).await, Verdict::TempFail(Unavailable::NoKeys { .. })));

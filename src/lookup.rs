@@ -49,8 +49,12 @@ impl Outcome {
         };
         match &self.verdict {
             Verdict::Accept(_) => None,
-            Verdict::Reject(r) => Some(format!("dovecot-oauth2: authentication failed: {r} (token {}{how})", self.fingerprint)),
-            Verdict::TempFail(u) => Some(format!("dovecot-oauth2: temporary failure: {u} (token {})", self.fingerprint)),
+            Verdict::Reject(r) => {
+                Some(format!("dovecot-oauth2: authentication failed: {r} (token {}{how})", self.fingerprint))
+            }
+            Verdict::TempFail(u) => {
+                Some(format!("dovecot-oauth2: temporary failure: {u} (token {})", self.fingerprint))
+            }
         }
     }
 
@@ -169,7 +173,9 @@ impl Authenticator {
         let now = unix_now();
         let checked = if s.introspection_mode == IntrospectionMode::Local {
             match jwt::shape(token.as_str()) {
-                Shape::Jwt(Ok(parsed)) => Some(jwt::validate(&self.keys, &self.http, s, &parsed, login_user, now).await),
+                Shape::Jwt(Ok(parsed)) => {
+                    Some(jwt::validate(&self.keys, &self.http, s, &parsed, login_user, now).await)
+                }
                 Shape::Jwt(Err(r)) => return negative(r),
                 // Opaque tokens: only a provider can say what they are.
                 Shape::Opaque(_) if s.introspection_url.is_some() || s.tokeninfo_url.is_some() => None,
@@ -254,7 +260,10 @@ mod tests {
             let o = a.verify("alice@example.test", b"tok-1").await;
             assert_eq!(o.verdict, Verdict::Accept(vec![]));
             let req = srv.requests().pop().unwrap();
-            assert!(req.contains("authorization: Bearer tok-1") || req.contains("Authorization: Bearer tok-1"), "{req}");
+            assert!(
+                req.contains("authorization: Bearer tok-1") || req.contains("Authorization: Bearer tok-1"),
+                "{req}"
+            );
         });
     }
 
@@ -367,7 +376,8 @@ mod tests {
     fn acceptance_is_not_cached_past_the_tokens_exp() {
         rt().block_on(async {
             let exp = unix_now() + 1;
-            let srv = TestServer::start(Canned::json(200, &format!(r#"{{"email":"a@x","exp":{exp},"active":true}}"#))).await;
+            let srv =
+                TestServer::start(Canned::json(200, &format!(r#"{{"email":"a@x","exp":{exp},"active":true}}"#))).await;
             let a = auth("introspection_mode = post\nleeway_secs = 0\n", &srv.url("/i"));
             assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
             tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -381,11 +391,17 @@ mod tests {
     fn post_mode_sends_rfc7662_form_with_client_credentials() {
         rt().block_on(async {
             let srv = TestServer::start(Canned::json(200, r#"{"active":true,"email":"a@x"}"#)).await;
-            let a = auth("introspection_mode = post\nclient_id = dovecot\nclient_secret = s3cret\n", &srv.url("/introspect"));
+            let a = auth(
+                "introspection_mode = post\nclient_id = dovecot\nclient_secret = s3cret\n",
+                &srv.url("/introspect"),
+            );
             assert!(matches!(a.verify("a@x", b"tok+/=").await.verdict, Verdict::Accept(_)));
             let req = srv.requests().pop().unwrap();
             assert!(req.starts_with("POST /introspect"), "{req}");
-            assert!(req.to_lowercase().contains("authorization: basic ZG92ZWNvdDpzM2NyZXQ=".to_lowercase().as_str()), "{req}");
+            assert!(
+                req.to_lowercase().contains("authorization: basic ZG92ZWNvdDpzM2NyZXQ=".to_lowercase().as_str()),
+                "{req}"
+            );
             assert!(req.ends_with("token=tok%2B%2F%3D&token_type_hint=access_token"), "{req}");
         });
     }
@@ -400,7 +416,11 @@ mod tests {
             assert!(matches!(a.verify("a@x", b"t1").await.verdict, Verdict::TempFail(Unavailable::Status { .. })));
             assert!(matches!(a.verify("a@x", b"t2").await.verdict, Verdict::TempFail(Unavailable::Status { .. })));
             let o = a.verify("a@x", b"t3").await;
-            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::CircuitOpen { failures: 2, .. })), "{:?}", o.verdict);
+            assert!(
+                matches!(o.verdict, Verdict::TempFail(Unavailable::CircuitOpen { failures: 2, .. })),
+                "{:?}",
+                o.verdict
+            );
             assert_eq!(srv.count("/u"), 3, "no request while the circuit is open");
             assert!(matches!(a.verify("a@x", b"cached").await.verdict, Verdict::Accept(_)));
             // It recovers by itself: after the back-off one probe goes through and closes it.
@@ -427,7 +447,8 @@ mod tests {
     fn stale_if_error_accepts_an_expired_cache_entry_only_while_the_provider_cannot_answer() {
         rt().block_on(async {
             let srv = TestServer::routes(&[("/u", Canned::json(200, r#"{"email":"a@x"}"#))]).await;
-            let a = auth("cache_ttl_secs = 1\nstale_if_error_secs = 600\ncircuit_breaker_failures = 0\n", &srv.url("/u"));
+            let a =
+                auth("cache_ttl_secs = 1\nstale_if_error_secs = 600\ncircuit_breaker_failures = 0\n", &srv.url("/u"));
             assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
             tokio::time::sleep(Duration::from_millis(1100)).await;
             srv.set("/u", Canned::json(503, "{}"));
@@ -498,7 +519,11 @@ mod tests {
                     line.clear();
                 }
                 let body = r#"{"email":"a@x"}"#;
-                let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
                 std::thread::sleep(Duration::from_millis(50));
                 drop(conn);
             }
@@ -530,7 +555,10 @@ mod tests {
             let o = a.verify("a@x", b"t").await;
             assert_eq!(
                 o.verdict,
-                Verdict::Accept(vec![("userdb_quota_rule".into(), "*:storage=2G".into()), ("proxy".into(), "y".into())])
+                Verdict::Accept(vec![
+                    ("userdb_quota_rule".into(), "*:storage=2G".into()),
+                    ("proxy".into(), "y".into())
+                ])
             );
         });
     }

@@ -177,7 +177,9 @@ fn dovecot_oauth2(lua: &Lua) -> LuaResult<LuaTable> {
     let module = lua.create_table()?;
     module.set(
         "new",
-        lua.create_function(|_, path: String| Ok(Validator { path: PathBuf::from(path), engine: OnceCell::new(), codes: OnceCell::new() }))?,
+        lua.create_function(|_, path: String| {
+            Ok(Validator { path: PathBuf::from(path), engine: OnceCell::new(), codes: OnceCell::new() })
+        })?,
     )?;
     module.set("version", env!("CARGO_PKG_VERSION"))?;
     Ok(module)

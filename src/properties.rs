@@ -13,8 +13,11 @@ use std::path::Path;
 use std::time::Duration;
 
 fn settings() -> Settings {
-    Settings::parse(Path::new("p.conf"), "introspection_url = https://idp/u\nscope = mail\naudience = a b\npass_attrs = x=%{oauth2:x:d} y=%$\n")
-        .unwrap()
+    Settings::parse(
+        Path::new("p.conf"),
+        "introspection_url = https://idp/u\nscope = mail\naudience = a b\npass_attrs = x=%{oauth2:x:d} y=%$\n",
+    )
+    .unwrap()
 }
 
 /// JSON values of any shape, a few levels deep.
@@ -29,8 +32,20 @@ fn json() -> impl Strategy<Value = serde_json::Value> {
     leaf.prop_recursive(3, 32, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
-            prop::collection::btree_map(prop_oneof![Just("email".to_string()), Just("exp".to_string()), Just("scope".to_string()), Just("aud".to_string()), Just("active".to_string()), Just("x".to_string()), "[a-z]{1,6}"], inner, 0..8)
-                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("email".to_string()),
+                    Just("exp".to_string()),
+                    Just("scope".to_string()),
+                    Just("aud".to_string()),
+                    Just("active".to_string()),
+                    Just("x".to_string()),
+                    "[a-z]{1,6}"
+                ],
+                inner,
+                0..8
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
         ]
     })
 }

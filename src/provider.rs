@@ -50,7 +50,9 @@ pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result
 /// introspection endpoint (POST), none mean a userinfo-style endpoint (GET with the token as Bearer).
 fn opaque_mode(s: &Settings, url: &str) -> IntrospectionMode {
     match s.introspection_mode {
-        IntrospectionMode::Local if s.client_id.is_some() || split_credentials(url).1.is_some() => IntrospectionMode::Post,
+        IntrospectionMode::Local if s.client_id.is_some() || split_credentials(url).1.is_some() => {
+            IntrospectionMode::Post
+        }
         IntrospectionMode::Local => IntrospectionMode::Auth,
         mode => mode,
     }
@@ -65,11 +67,7 @@ fn has_all_fields(s: &Settings, claims: &Claims) -> bool {
 }
 
 fn oauth2_refs(template: &str) -> Vec<&str> {
-    template
-        .split("%{oauth2:")
-        .skip(1)
-        .filter_map(|rest| rest.split(['}', ':']).next())
-        .collect()
+    template.split("%{oauth2:").skip(1).filter_map(|rest| rest.split(['}', ':']).next()).collect()
 }
 
 /// Turns a reply into claims or into the right kind of failure.
@@ -156,25 +154,40 @@ mod tests {
 
     #[test]
     fn introspection_401_is_our_credentials_problem_so_temporary() {
-        assert!(matches!(parse_reply(&reply(401, ""), "https://idp/i", true), Err(AuthError::Unavailable(Unavailable::Status { status: 401, .. }))));
+        assert!(matches!(
+            parse_reply(&reply(401, ""), "https://idp/i", true),
+            Err(AuthError::Unavailable(Unavailable::Status { status: 401, .. }))
+        ));
     }
 
     #[test]
     fn server_errors_and_redirects_are_temporary() {
         for status in [500, 502, 503, 302, 404, 429] {
-            assert!(matches!(parse_reply(&reply(status, ""), "https://idp/me", false), Err(AuthError::Unavailable(_))), "{status}");
+            assert!(
+                matches!(parse_reply(&reply(status, ""), "https://idp/me", false), Err(AuthError::Unavailable(_))),
+                "{status}"
+            );
         }
     }
 
     #[test]
     fn garbage_body_is_temporary() {
-        assert!(matches!(parse_reply(&reply(200, "<html>"), "https://idp/me", false), Err(AuthError::Unavailable(Unavailable::BadReply { .. }))));
-        assert!(matches!(parse_reply(&reply(200, "[1]"), "https://idp/me", false), Err(AuthError::Unavailable(Unavailable::BadReply { .. }))));
+        assert!(matches!(
+            parse_reply(&reply(200, "<html>"), "https://idp/me", false),
+            Err(AuthError::Unavailable(Unavailable::BadReply { .. }))
+        ));
+        assert!(matches!(
+            parse_reply(&reply(200, "[1]"), "https://idp/me", false),
+            Err(AuthError::Unavailable(Unavailable::BadReply { .. }))
+        ));
     }
 
     #[test]
     fn error_field_in_a_200_reply_is_a_rejection() {
-        assert!(matches!(parse_reply(&reply(200, r#"{"error":"invalid_token"}"#), "https://idp/me", false), Err(AuthError::Rejected(_))));
+        assert!(matches!(
+            parse_reply(&reply(200, r#"{"error":"invalid_token"}"#), "https://idp/me", false),
+            Err(AuthError::Rejected(_))
+        ));
     }
 
     #[test]
@@ -188,7 +201,11 @@ mod tests {
     #[test]
     fn local_mode_introspects_opaque_tokens_by_rfc7662_only_with_client_credentials() {
         let local = |extra: &str| {
-            Settings::parse(std::path::Path::new("t"), &format!("introspection_mode = local\nopenid_configuration_url = https://i/d\n{extra}")).unwrap()
+            Settings::parse(
+                std::path::Path::new("t"),
+                &format!("introspection_mode = local\nopenid_configuration_url = https://i/d\n{extra}"),
+            )
+            .unwrap()
         };
         assert_eq!(opaque_mode(&local(""), "https://i/userinfo"), IntrospectionMode::Auth);
         assert_eq!(opaque_mode(&local("client_id = dovecot\n"), "https://i/introspect"), IntrospectionMode::Post);
@@ -197,7 +214,11 @@ mod tests {
 
     #[test]
     fn tokeninfo_with_all_fields_needs_no_introspection() {
-        let s = Settings::parse(std::path::Path::new("t"), "tokeninfo_url = https://i/?t=\npass_attrs = q=%{oauth2:quota:1}\n").unwrap();
+        let s = Settings::parse(
+            std::path::Path::new("t"),
+            "tokeninfo_url = https://i/?t=\npass_attrs = q=%{oauth2:quota:1}\n",
+        )
+        .unwrap();
         let mut c = Claims::new();
         c.insert("email".into(), "a@x".into());
         assert!(!has_all_fields(&s, &c));

@@ -61,7 +61,11 @@ impl Default for Stats {
 
 impl Stats {
     pub fn new(log_interval: Duration) -> Stats {
-        Stats { inner: Mutex::new(Snapshot::default()), interval: log_interval, last_logged: Mutex::new(Instant::now()) }
+        Stats {
+            inner: Mutex::new(Snapshot::default()),
+            interval: log_interval,
+            last_logged: Mutex::new(Instant::now()),
+        }
     }
 
     fn with(&self, f: impl FnOnce(&mut Snapshot)) {
@@ -142,7 +146,10 @@ mod tests {
         st.provider_request(Duration::from_millis(10), false);
         st.provider_request(Duration::from_millis(30), true);
         let s = st.snapshot();
-        assert_eq!((s.provider_requests, s.provider_failures, s.provider_msecs_total, s.provider_msecs_max), (2, 1, 40, 30));
+        assert_eq!(
+            (s.provider_requests, s.provider_failures, s.provider_msecs_total, s.provider_msecs_max),
+            (2, 1, 40, 30)
+        );
         assert!(s.line().contains("provider_avg_ms=20"));
     }
 

@@ -151,7 +151,11 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<String> {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let n = sock.read(&mut tmp).await.ok()?;
@@ -217,7 +221,8 @@ impl TestKey {
     pub fn ed25519(kid: &str) -> TestKey {
         // jsonwebtoken wants the 48-byte PKCS#8 v1 form (no public key), which ed25519-dalek does not write.
         let seed = ed25519_dalek::SigningKey::generate(&mut rand::thread_rng()).to_bytes();
-        let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let mut der =
+            vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
         der.extend_from_slice(&seed);
         TestKey::new(jsonwebtoken::Algorithm::EdDSA, kid, jsonwebtoken::EncodingKey::from_ed_der(&der))
     }
