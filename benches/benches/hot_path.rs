@@ -30,20 +30,32 @@ fn benches(c: &mut Criterion) {
 
     let warm = engine(&format!("introspection_url = {}\n", stub.url("/userinfo")));
     accept(&warm.verify(&user, opaque.as_bytes()).verdict);
-    c.bench_function("cache_hit/userinfo", |b| b.iter(|| black_box(warm.verify(black_box(&user), black_box(opaque.as_bytes())))));
-    let warm_jwt = engine(&format!("introspection_mode = local\njwks_url = {}\nissuers = {ISS}\naudience = {AUD}\n", stub.url("/jwks")));
+    c.bench_function("cache_hit/userinfo", |b| {
+        b.iter(|| black_box(warm.verify(black_box(&user), black_box(opaque.as_bytes()))))
+    });
+    let warm_jwt = engine(&format!(
+        "introspection_mode = local\njwks_url = {}\nissuers = {ISS}\naudience = {AUD}\n",
+        stub.url("/jwks")
+    ));
     accept(&warm_jwt.verify(&user, jwts[0].as_bytes()).verdict);
     c.bench_function("cache_hit/local_jwt_rs256", |b| b.iter(|| black_box(warm_jwt.verify(&user, jwts[0].as_bytes()))));
 
     let ui = engine(&format!("introspection_url = {}\ncache_ttl_secs = 0\n", stub.url("/userinfo")));
     accept(&ui.verify(&user, opaque.as_bytes()).verdict);
     c.bench_function("provider/userinfo_no_cache", |b| b.iter(|| black_box(ui.verify(&user, opaque.as_bytes()))));
-    let intro = engine(&format!("introspection_url = {}\nintrospection_mode = post\ncache_ttl_secs = 0\n", stub.url("/introspect")));
+    let intro = engine(&format!(
+        "introspection_url = {}\nintrospection_mode = post\ncache_ttl_secs = 0\n",
+        stub.url("/introspect")
+    ));
     accept(&intro.verify(&user, opaque.as_bytes()).verdict);
-    c.bench_function("provider/introspection_no_cache", |b| b.iter(|| black_box(intro.verify(&user, opaque.as_bytes()))));
+    c.bench_function("provider/introspection_no_cache", |b| {
+        b.iter(|| black_box(intro.verify(&user, opaque.as_bytes())))
+    });
 
     c.bench_function("jwt_parse/rs256", |b| {
-        b.iter(|| black_box(matches!(dovecot_oauth2::jwt::shape(black_box(&jwts[0])), dovecot_oauth2::jwt::Shape::Jwt(Ok(_)))))
+        b.iter(|| {
+            black_box(matches!(dovecot_oauth2::jwt::shape(black_box(&jwts[0])), dovecot_oauth2::jwt::Shape::Jwt(Ok(_))))
+        })
     });
 
     let local = engine(&format!(
@@ -63,7 +75,9 @@ fn benches(c: &mut Criterion) {
         let dk = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
         let (signed, sig) = tok.rsplit_once('.').unwrap();
         assert!(jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &dk, k.alg).unwrap());
-        g.bench_function(*alg, |b| b.iter(|| black_box(jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &dk, k.alg))));
+        g.bench_function(*alg, |b| {
+            b.iter(|| black_box(jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &dk, k.alg)))
+        });
     }
     g.finish();
 }

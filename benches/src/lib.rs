@@ -68,8 +68,9 @@ impl SigningKey {
             "EdDSA" => {
                 // jsonwebtoken wants the 48-byte PKCS#8 v1 form (no public key).
                 let seed = ed25519_dalek::SigningKey::generate(&mut rng).to_bytes();
-                let mut der =
-                    vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+                let mut der = vec![
+                    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+                ];
                 der.extend_from_slice(&seed);
                 SigningKey::new(Algorithm::EdDSA, &kid, EncodingKey::from_ed_der(&der))
             }

@@ -81,7 +81,11 @@ impl Job {
         if i >= self.logins {
             return None;
         }
-        let idx = if self.distinct == 0 { self.offset + i } else { self.offset + (splitmix(i as u64) % self.distinct as u64) as usize };
+        let idx = if self.distinct == 0 {
+            self.offset + i
+        } else {
+            self.offset + (splitmix(i as u64) % self.distinct as u64) as usize
+        };
         let (u, t) = &self.tokens[idx];
         Some((i, u, t))
     }

@@ -354,7 +354,16 @@ async fn route(state: &State, method: &str, path: &str, bearer: Option<&str>, bo
             )
         }
         ("POST", "/__reset") => {
-            for a in [&c.userinfo, &c.introspect, &c.discovery, &c.jwks, &c.unknown_token, &c.revoked_hits, &c.other, &c.connections] {
+            for a in [
+                &c.userinfo,
+                &c.introspect,
+                &c.discovery,
+                &c.jwks,
+                &c.unknown_token,
+                &c.revoked_hits,
+                &c.other,
+                &c.connections,
+            ] {
                 a.store(0, Ordering::Relaxed);
             }
             (200, "{}".into())

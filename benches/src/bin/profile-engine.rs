@@ -12,22 +12,30 @@ fn main() {
     let a = Args::parse(std::env::args().skip(1), &[]).unwrap_or_else(|e| panic!("{e}"));
     let mode = a.get("mode").unwrap_or("warm").to_string();
     let n: usize = a.num("logins", 20000).unwrap();
-    let exe = a.get("stub").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::env::current_exe().unwrap().with_file_name("idp-stub")
-    });
+    let exe = a
+        .get("stub")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("idp-stub"));
     let key = SigningKey::generate("RS256");
     let now = unix_now();
     let tokens: Vec<(String, String)> = (0..n)
         .map(|i| {
             let u = bench_user(i % 1000);
-            let t = if mode == "jwt" { key.mint("https://idp.bench.test", "urn:dovecot", &u, i, now, 3600) } else { format!("tok_{i:08}_x") };
+            let t = if mode == "jwt" {
+                key.mint("https://idp.bench.test", "urn:dovecot", &u, i, now, 3600)
+            } else {
+                format!("tok_{i:08}_x")
+            };
             (u, t)
         })
         .collect();
     let stub = StubProcess::start(&exe, &tokens, &[&key]);
     let conf = match mode.as_str() {
         "cold-introspect" => format!("introspection_url = {}\nintrospection_mode = post\n", stub.url("/introspect")),
-        "jwt" => format!("introspection_mode = local\njwks_url = {}\nissuers = https://idp.bench.test\naudience = urn:dovecot\n", stub.url("/jwks")),
+        "jwt" => format!(
+            "introspection_mode = local\njwks_url = {}\nissuers = https://idp.bench.test\naudience = urn:dovecot\n",
+            stub.url("/jwks")
+        ),
         _ => format!("introspection_url = {}\nintrospection_mode = auth\n", stub.url("/userinfo")),
     };
     let e = engine(&conf);
