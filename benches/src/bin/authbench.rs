@@ -263,13 +263,12 @@ async fn socket_worker(job: Arc<Job>, path: String, conn_no: usize) -> Tally {
                     }
                     break;
                 }
-                "CONT" => {
+                "CONT"
                     // The mechanism's error status: end the exchange as a client does (^A).
-                    if w.write_all(format!("CONT\t{id}\tAQ==\n").as_bytes()).await.is_err() {
+                    if w.write_all(format!("CONT\t{id}\tAQ==\n").as_bytes()).await.is_err() => {
                         t.err("write failed".into());
                         return t;
                     }
-                }
                 _ => {}
             }
         }

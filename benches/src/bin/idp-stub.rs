@@ -171,7 +171,7 @@ fn serve(a: &Args) -> Result<(), String> {
     })
 }
 
-fn form_value<'a>(body: &'a str, key: &str) -> Option<String> {
+fn form_value(body: &str, key: &str) -> Option<String> {
     body.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k == key).then(|| url_decode(v))
@@ -233,10 +233,8 @@ async fn conn(sock: TcpStream, state: Arc<State>) {
                 let v = v.trim();
                 match k.to_ascii_lowercase().as_str() {
                     "content-length" => content_length = v.parse().unwrap_or(0),
-                    "authorization" => {
-                        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-                            bearer = Some(v[7..].trim().to_string());
-                        }
+                    "authorization" if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") => {
+                        bearer = Some(v[7..].trim().to_string());
                     }
                     "connection" => {
                         if v.eq_ignore_ascii_case("close") {
