@@ -4,7 +4,7 @@
 
 use crate::config::Settings;
 use crate::errors::ConfigError;
-use crate::lookup::{Authenticator, Outcome};
+use crate::lookup::{Authenticator, FirstLook, Outcome};
 use std::path::Path;
 
 pub struct Engine {
@@ -35,10 +35,10 @@ impl Engine {
     /// Verifies one login, blocking the calling thread (an auth-worker serves one login at a time).
     /// A cache hit is answered without entering the runtime.
     pub fn verify(&self, user: &str, token: &[u8]) -> Outcome {
-        if let Some(cached) = self.auth.verify_cached(user, token) {
-            return cached;
+        match self.auth.verify_cached(user, token) {
+            FirstLook::Answered(cached) => cached,
+            FirstLook::Pending(pending) => self.rt.block_on(self.auth.finish(pending)),
         }
-        self.rt.block_on(self.auth.verify(user, token))
     }
 
     pub fn authenticator(&self) -> &Authenticator {

@@ -1,7 +1,7 @@
 //! One login: token checks, cache, provider or local JWT validation, rules. Built once per process
 //! from [`Settings`]; `verify` is the per-request path.
 
-use crate::cache::{Entry, Source, VerdictCache};
+use crate::cache::{Entry, Key, Source, VerdictCache};
 use crate::claims;
 use crate::config::{IntrospectionMode, Settings};
 use crate::errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};
@@ -70,6 +70,21 @@ impl Outcome {
     }
 }
 
+/// What `verify_cached` found: the answer, or a login to `finish`.
+pub enum FirstLook<'a> {
+    Answered(Outcome),
+    Pending(Pending<'a>),
+}
+
+/// A login the cache could not answer at once, with the work already done for it.
+pub struct Pending<'a> {
+    started: Instant,
+    login_user: &'a str,
+    raw_token: &'a [u8],
+    /// The checked token and its cache key, or why the token was refused before the cache.
+    prepared: Result<(Token<'a>, Key), (AuthError, Option<Source>)>,
+}
+
 /// What a login came to before it is counted and logged: the fields to export, or why not.
 type Decided = Result<(Vec<(String, String)>, Source), (AuthError, Option<Source>)>;
 
@@ -111,19 +126,43 @@ impl Authenticator {
     }
 
     pub async fn verify(&self, login_user: &str, raw_token: &[u8]) -> Outcome {
-        let started = Instant::now();
+        self.finish(self.pending(login_user, raw_token)).await
+    }
+
+    /// The warm path: a login answered by a fresh cache entry, without entering the runtime.
+    /// Otherwise the login as far as it got (token checked, cache key computed), for `finish`.
+    pub fn verify_cached<'a>(&self, login_user: &'a str, raw_token: &'a [u8]) -> FirstLook<'a> {
+        let pending = self.pending(login_user, raw_token);
+        if let Ok((_, key)) = &pending.prepared {
+            if let Some(entry) = self.cache.fresh(key) {
+                return FirstLook::Answered(self.outcome(
+                    pending.started,
+                    raw_token,
+                    verdict_of(&entry, Source::Cache),
+                    Vec::new(),
+                ));
+            }
+        }
+        FirstLook::Pending(pending)
+    }
+
+    /// Completes a login `verify_cached` could not answer: cache, provider or local validation.
+    pub async fn finish(&self, pending: Pending<'_>) -> Outcome {
+        let Pending { started, login_user, raw_token, prepared } = pending;
         let mut warnings = Vec::new();
-        let decided = self.decide(login_user, raw_token, &mut warnings).await;
+        let decided = match prepared {
+            Ok((token, key)) => self.decide(login_user, raw_token, token, key, &mut warnings).await,
+            Err(refused) => Err(refused),
+        };
         self.outcome(started, raw_token, decided, warnings)
     }
 
-    /// The warm path: a login answered by a fresh cache entry, without entering the runtime. None
-    /// when the token has to be looked at or the provider asked (then `verify` does it all).
-    pub fn verify_cached(&self, login_user: &str, raw_token: &[u8]) -> Option<Outcome> {
+    fn pending<'a>(&self, login_user: &'a str, raw_token: &'a [u8]) -> Pending<'a> {
         let started = Instant::now();
-        Token::parse(raw_token, self.settings.max_token_bytes).ok()?;
-        let entry = self.cache.fresh(&VerdictCache::key(login_user, raw_token))?;
-        Some(self.outcome(started, raw_token, verdict_of(&entry, Source::Cache), Vec::new()))
+        let prepared = Token::parse(raw_token, self.settings.max_token_bytes)
+            .map(|token| (token, VerdictCache::key(login_user, raw_token)))
+            .map_err(|r| (r.into(), None));
+        Pending { started, login_user, raw_token, prepared }
     }
 
     fn outcome(&self, started: Instant, raw_token: &[u8], decided: Decided, mut warnings: Vec<String>) -> Outcome {
@@ -139,13 +178,18 @@ impl Authenticator {
         Outcome { verdict, source, fingerprint: fingerprint(raw_token), elapsed: started.elapsed(), local, warnings }
     }
 
-    async fn decide(&self, login_user: &str, raw: &[u8], warnings: &mut Vec<String>) -> Decided {
-        let token = Token::parse(raw, self.settings.max_token_bytes).map_err(|r| (r.into(), None))?;
+    async fn decide(
+        &self,
+        login_user: &str,
+        raw: &[u8],
+        token: Token<'_>,
+        key: Key,
+        warnings: &mut Vec<String>,
+    ) -> Decided {
         trace::note(|| {
             let shape = if token.looks_like_jwt() { "JWT-shaped" } else { "opaque" };
             format!("token: {} bytes, {shape}, {}", raw.len(), fingerprint(raw))
         });
-        let key = VerdictCache::key(login_user, raw);
         let (entry, source, stale_because) = self
             .cache
             .get_or_load(key, self.load(login_user, token))
@@ -272,12 +316,23 @@ mod tests {
         rt().block_on(async {
             let srv = TestServer::start(Canned::json(200, r#"{"email":"alice@example.test"}"#)).await;
             let a = auth("", &srv.url("/userinfo"));
-            assert!(a.verify_cached("alice@example.test", b"tok-1").is_none(), "nothing cached yet");
+            assert!(
+                matches!(a.verify_cached("alice@example.test", b"tok-1"), FirstLook::Pending(_)),
+                "nothing cached yet"
+            );
             let first = a.verify("alice@example.test", b"tok-1").await;
-            let fast = a.verify_cached("alice@example.test", b"tok-1").expect("a cache hit");
+            let FirstLook::Answered(fast) = a.verify_cached("alice@example.test", b"tok-1") else {
+                panic!("a cache hit")
+            };
             assert_eq!((fast.verdict, fast.source), (first.verdict, Some(Source::Cache)));
-            assert!(a.verify_cached("bob@example.test", b"tok-1").is_none(), "the key binds the user");
-            assert!(a.verify_cached("alice@example.test", b"bad token").is_none(), "malformed: full path");
+            assert!(
+                matches!(a.verify_cached("bob@example.test", b"tok-1"), FirstLook::Pending(_)),
+                "the key binds the user"
+            );
+            assert!(
+                matches!(a.verify_cached("alice@example.test", b"bad token"), FirstLook::Pending(_)),
+                "malformed: full path"
+            );
             assert_eq!(srv.requests().len(), 1);
             assert_eq!((a.stats().accepted, a.stats().cache_hits), (2, 1));
         });
