@@ -32,33 +32,27 @@ const MIN_RSA_BITS: usize = 2048;
 #[derive(Debug)]
 pub struct VerifyKey {
     pub kid: Option<String>,
-    pub algorithms: Vec<Algorithm>,
     /// For messages: "RSA", "EC P-256", "OKP Ed25519".
     pub key_type: &'static str,
-    /// The key parsed once per algorithm it may verify. jsonwebtoken's `crypto::verify` rebuilds an
-    /// RSA key (and its Montgomery context) from n and e on every call: a fifth of a local validation.
+    /// The key parsed once for each algorithm it may verify. jsonwebtoken's `crypto::verify` rebuilds
+    /// an RSA key (and its Montgomery context) from n and e on every call: a fifth of a local validation.
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
 }
 
 impl VerifyKey {
+    pub fn algorithms(&self) -> impl Iterator<Item = Algorithm> + '_ {
+        self.verifiers.iter().map(|(a, _)| *a)
+    }
+
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.algorithms().any(|a| a == alg)
+    }
+
     /// Whether `signature` (raw bytes) signs `message` under this key with `alg`; false for an `alg`
     /// the key does not allow.
     pub fn verifies(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
         self.verifiers.iter().any(|(a, key)| *a == alg && key.verify_sig(message, signature).is_ok())
     }
-}
-
-/// aws-lc's verification parameters for a JWS algorithm (RFC 7518: ECDSA signatures are r||s).
-fn parameters(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
-    if let Some(rsa) = rsa_parameters(alg) {
-        return Some(rsa);
-    }
-    Some(match alg {
-        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
-        Algorithm::EdDSA => &signature::ED25519,
-        _ => return None,
-    })
 }
 
 fn rsa_parameters(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
@@ -73,7 +67,8 @@ fn rsa_parameters(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
     })
 }
 
-/// The key parsed for `alg`; an error if the material does not make a key of that kind.
+/// The key parsed for `alg` with aws-lc's parameters for it (RFC 7518: ECDSA signatures are r||s);
+/// an error if the material does not make a key of that kind.
 fn parse_for(alg: Algorithm, key: &DecodingKey) -> Result<ParsedPublicKey, String> {
     let unusable = |e: aws_lc_rs::error::KeyRejected| format!("unusable key material: {e}");
     match key.kind() {
@@ -81,8 +76,14 @@ fn parse_for(alg: Algorithm, key: &DecodingKey) -> Result<ParsedPublicKey, Strin
             let params = rsa_parameters(alg).ok_or_else(|| format!("{alg:?} is not an RSA algorithm"))?;
             signature::RsaPublicKeyComponents { n: &n[..], e: &e[..] }.to_parsed_public_key(params).map_err(unusable)
         }
+        // EC points and Ed25519 keys (jsonwebtoken gives RSA JWKs as n and e, above).
         DecodingKeyKind::SecretOrDer(bytes) => {
-            let params = parameters(alg).ok_or_else(|| format!("{alg:?} is not a signature algorithm"))?;
+            let params: &'static dyn VerificationAlgorithm = match alg {
+                Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+                Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+                Algorithm::EdDSA => &signature::ED25519,
+                _ => return Err(format!("{alg:?} does not fit an EC or OKP key")),
+            };
             ParsedPublicKey::new(params, bytes).map_err(unusable)
         }
     }
@@ -417,7 +418,7 @@ pub fn parse_jwk(v: &Value) -> Result<VerifyKey, String> {
         });
     }
     let verifiers = algorithms.iter().map(|&alg| Ok((alg, parse_for(alg, &key)?))).collect::<Result<_, String>>()?;
-    Ok(VerifyKey { kid, algorithms, key_type, verifiers })
+    Ok(VerifyKey { kid, key_type, verifiers })
 }
 
 fn rsa_bits(n: &[u8]) -> usize {
@@ -463,7 +464,7 @@ mod tests {
     #[test]
     fn ec_key_allows_only_its_curves_algorithm() {
         let k = parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "e"})).unwrap();
-        assert_eq!(k.algorithms, vec![Algorithm::ES256]);
+        assert_eq!(k.algorithms().collect::<Vec<_>>(), vec![Algorithm::ES256]);
         assert_eq!(k.kid.as_deref(), Some("e"));
     }
 

@@ -146,7 +146,7 @@ pub async fn validate(
         }
         return Err(Rejection::UnknownKey(shown(kid)).into());
     }
-    let usable: Vec<_> = candidates.iter().filter(|k| k.algorithms.contains(&alg)).collect();
+    let usable: Vec<_> = candidates.iter().filter(|k| k.allows(alg)).collect();
     if usable.is_empty() {
         return Err(Rejection::KeyAlgorithmMismatch {
             kid: shown(kid.unwrap_or("(any)")),
