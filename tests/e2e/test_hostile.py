@@ -31,7 +31,8 @@ def hostile(hostile_stack, stub):
     c.close()
     assert verdict == "OK", fields
     log = open(s.log_path, errors="replace").read()
-    assert not crash_lines(log), crash_lines(log)[:5]
+    crashes = crash_lines(log)
+    assert not crashes, crashes[:5]
 
 
 def known_token(stub, email=ALICE, tag="t") -> str:

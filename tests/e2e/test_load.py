@@ -134,7 +134,8 @@ def test_20000_logins_from_200_clients_all_answered_right_with_flat_worker_memor
     assert sum(results.values()) == 20_000
     assert not wrong, wrong
     log = open(stack.log_path, errors="replace").read()
-    assert not crash_lines(log), crash_lines(log)[:5]
+    crashes = crash_lines(log)
+    assert not crashes, crashes[:5]
     assert rss_end <= rss_warm + 8 * 1024, (rss_warm, rss_end)
 
 
