@@ -4,6 +4,7 @@
 //! A provider that is down then costs logins nothing but a fast temporary failure, cached tokens keep
 //! working, and the provider is not hammered while it recovers.
 
+use crate::clock::Clock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ pub struct Breaker {
     threshold: u32,
     backoff: Duration,
     hosts: Mutex<HashMap<String, HostState>>,
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -31,8 +33,8 @@ pub struct Open {
 
 impl Breaker {
     /// `threshold = 0` turns the breaker off.
-    pub fn new(threshold: u32, backoff: Duration) -> Breaker {
-        Breaker { threshold, backoff, hosts: Mutex::new(HashMap::new()) }
+    pub fn new(threshold: u32, backoff: Duration, clock: Clock) -> Breaker {
+        Breaker { threshold, backoff, hosts: Mutex::new(HashMap::new()), clock }
     }
 
     /// May a request to `host` be sent now? While open: no. After the back-off: yes, one probe.
@@ -42,13 +44,12 @@ impl Breaker {
         }
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let Some(st) = hosts.get_mut(host) else { return Ok(()) };
+        let now = self.clock.now();
         match st.open_until {
-            Some(until) if Instant::now() < until => {
-                Err(Open { failures: st.failures, retry_in: until - Instant::now() })
-            }
+            Some(until) if now < until => Err(Open { failures: st.failures, retry_in: until - now }),
             Some(_) => {
                 // Half-open: let this one through; until it reports, others wait out a fresh back-off.
-                st.open_until = Some(Instant::now() + self.backoff);
+                st.open_until = Some(now + self.backoff);
                 Ok(())
             }
             None => Ok(()),
@@ -73,7 +74,7 @@ impl Breaker {
         st.failures = st.failures.saturating_add(1);
         if st.failures >= self.threshold {
             let factor = 1u32 << st.trips.min(3);
-            st.open_until = Some(Instant::now() + self.backoff * factor);
+            st.open_until = Some(self.clock.now() + self.backoff * factor);
             st.trips += 1;
             return true;
         }
@@ -87,18 +88,18 @@ mod tests {
 
     #[test]
     fn opens_after_the_threshold_of_consecutive_failures() {
-        let b = Breaker::new(3, Duration::from_secs(10));
+        let b = Breaker::new(3, Duration::from_secs(10), Clock::manual());
         assert!(!b.failure("h") && !b.failure("h"));
         assert!(b.admit("h").is_ok());
         assert!(b.failure("h"));
         let open = b.admit("h").unwrap_err();
         assert_eq!(open.failures, 3);
-        assert!(open.retry_in <= Duration::from_secs(10));
+        assert_eq!(open.retry_in, Duration::from_secs(10));
     }
 
     #[test]
     fn a_success_resets_the_count() {
-        let b = Breaker::new(3, Duration::from_secs(10));
+        let b = Breaker::new(3, Duration::from_secs(10), Clock::manual());
         b.failure("h");
         b.failure("h");
         b.success("h");
@@ -108,7 +109,7 @@ mod tests {
 
     #[test]
     fn hosts_are_independent() {
-        let b = Breaker::new(1, Duration::from_secs(10));
+        let b = Breaker::new(1, Duration::from_secs(10), Clock::manual());
         b.failure("a");
         assert!(b.admit("a").is_err());
         assert!(b.admit("b").is_ok());
@@ -116,10 +117,11 @@ mod tests {
 
     #[test]
     fn after_the_backoff_one_probe_is_let_through_and_success_closes() {
-        let b = Breaker::new(1, Duration::from_millis(30));
+        let clock = Clock::manual();
+        let b = Breaker::new(1, Duration::from_secs(10), clock.clone());
         b.failure("h");
         assert!(b.admit("h").is_err());
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance(Duration::from_secs(10));
         assert!(b.admit("h").is_ok(), "probe");
         assert!(b.admit("h").is_err(), "only one probe at a time");
         b.success("h");
@@ -128,18 +130,19 @@ mod tests {
 
     #[test]
     fn a_failed_probe_reopens_with_a_longer_backoff() {
-        let b = Breaker::new(1, Duration::from_millis(30));
+        let clock = Clock::manual();
+        let b = Breaker::new(1, Duration::from_secs(10), clock.clone());
         b.failure("h");
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance(Duration::from_secs(10));
         assert!(b.admit("h").is_ok());
         b.failure("h");
         let open = b.admit("h").unwrap_err();
-        assert!(open.retry_in > Duration::from_millis(30), "{:?}", open.retry_in);
+        assert_eq!(open.retry_in, Duration::from_secs(20));
     }
 
     #[test]
     fn threshold_zero_never_opens() {
-        let b = Breaker::new(0, Duration::from_secs(10));
+        let b = Breaker::new(0, Duration::from_secs(10), Clock::manual());
         for _ in 0..100 {
             b.failure("h");
         }

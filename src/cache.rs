@@ -8,6 +8,7 @@
 //! token's exp): once stale it is checked again, and used only if the provider cannot answer.
 
 use crate::claims::Identity;
+use crate::clock::Clock;
 use crate::errors::{Rejection, Unavailable};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -28,18 +29,18 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(verdict: Result<Identity, Rejection>, ttl: Duration, stale: Duration) -> Entry {
+    pub fn new(verdict: Result<Identity, Rejection>, ttl: Duration, stale: Duration, created: Instant) -> Entry {
         let stale = if verdict.is_ok() { stale } else { Duration::ZERO };
-        Entry { verdict, ttl, stale, created: Instant::now() }
+        Entry { verdict, ttl, stale, created }
     }
 
-    pub fn is_fresh(&self) -> bool {
-        self.created.elapsed() < self.ttl
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) < self.ttl
     }
 
     /// Past its freshness and its stale window: as if it were not there.
-    fn is_expired(&self) -> bool {
-        self.created.elapsed() >= self.ttl + self.stale
+    fn is_expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) >= self.ttl + self.stale
     }
 
     fn worth_keeping(&self) -> bool {
@@ -49,6 +50,7 @@ impl Entry {
 
 pub struct VerdictCache {
     inner: Option<quick_cache::sync::Cache<Key, Arc<Entry>>>,
+    clock: Clock,
 }
 
 /// Where a verdict came from, for logs and counters.
@@ -62,9 +64,9 @@ pub enum Source {
 
 impl VerdictCache {
     /// `max_entries = 0` turns caching off.
-    pub fn new(max_entries: u64) -> Self {
+    pub fn new(max_entries: u64, clock: Clock) -> Self {
         let inner = (max_entries > 0).then(|| quick_cache::sync::Cache::new(max_entries as usize));
-        VerdictCache { inner }
+        VerdictCache { inner, clock }
     }
 
     pub fn key(user: &str, token: &[u8]) -> Key {
@@ -91,10 +93,10 @@ impl VerdictCache {
         };
         loop {
             match cache.get_value_or_guard_async(&key).await {
-                Ok(old) if old.is_expired() => {
+                Ok(old) if old.is_expired(self.clock.now()) => {
                     cache.remove_if(&key, |v| Arc::ptr_eq(v, &old));
                 }
-                Ok(fresh) if fresh.is_fresh() => return Ok((fresh, Source::Cache, None)),
+                Ok(fresh) if fresh.is_fresh(self.clock.now()) => return Ok((fresh, Source::Cache, None)),
                 Ok(old) => {
                     return match load.await {
                         Ok(new) => {
@@ -124,7 +126,7 @@ impl VerdictCache {
 
     /// A fresh entry for `key`, if there is one (no loading, no waiting).
     pub fn fresh(&self, key: &Key) -> Option<Arc<Entry>> {
-        self.inner.as_ref()?.get(key).filter(|e| e.is_fresh())
+        self.inner.as_ref()?.get(key).filter(|e| e.is_fresh(self.clock.now()))
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -140,22 +142,22 @@ mod tests {
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
-    fn ok(ttl: u64) -> Entry {
-        stale_ok(ttl, 0)
+    fn ok(clock: &Clock, ttl: u64) -> Entry {
+        stale_ok(clock, ttl, 0)
     }
-    fn stale_ok(ttl: u64, stale: u64) -> Entry {
+    fn stale_ok(clock: &Clock, ttl: u64, stale: u64) -> Entry {
         let id = Identity { expires_at: None, fields: vec![] };
-        Entry::new(Ok(id), Duration::from_millis(ttl), Duration::from_millis(stale))
+        Entry::new(Ok(id), Duration::from_millis(ttl), Duration::from_millis(stale), clock.now())
     }
 
     /// A load that takes 30 ms and counts itself; with `first_fails`, the first one finds the provider down.
-    async fn counted_load(loads: &AtomicUsize, first_fails: bool) -> Result<Entry, Unavailable> {
+    async fn counted_load(clock: &Clock, loads: &AtomicUsize, first_fails: bool) -> Result<Entry, Unavailable> {
         let n = loads.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(30)).await;
         if first_fails && n == 0 {
             Err(Unavailable::Internal("down".into()))
         } else {
-            Ok(ok(60_000))
+            Ok(ok(clock, 60_000))
         }
     }
 
@@ -170,9 +172,10 @@ mod tests {
     #[test]
     fn second_lookup_is_served_from_cache() {
         rt().block_on(async {
-            let c = VerdictCache::new(10);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            let (_, s1, _) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            let (_, s1, _) = c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
             let (_, s2, _) = c.get_or_load(k, async { panic!("must not load") }).await.unwrap();
             assert_eq!((s1, s2), (Source::Provider, Source::Cache));
         });
@@ -181,11 +184,12 @@ mod tests {
     #[test]
     fn entry_expires_after_its_own_ttl() {
         rt().block_on(async {
-            let c = VerdictCache::new(10);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            c.get_or_load(k, async { Ok(ok(50)) }).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(120)).await;
-            let (_, s, _) = c.get_or_load(k, async { Ok(ok(50)) }).await.unwrap();
+            c.get_or_load(k, async { Ok(ok(&clock, 50)) }).await.unwrap();
+            clock.advance(Duration::from_millis(50));
+            let (_, s, _) = c.get_or_load(k, async { Ok(ok(&clock, 50)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }
@@ -193,11 +197,12 @@ mod tests {
     #[test]
     fn temporary_failures_are_not_cached() {
         rt().block_on(async {
-            let c = VerdictCache::new(10);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
             let e = c.get_or_load(k, async { Err(Unavailable::Internal("down".into())) }).await;
             assert!(e.is_err());
-            let (_, s, _) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }
@@ -205,10 +210,11 @@ mod tests {
     #[test]
     fn concurrent_misses_for_one_key_make_one_load() {
         rt().block_on(async {
-            let c = VerdictCache::new(10);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
             let loads = AtomicUsize::new(0);
             let k = VerdictCache::key("a", b"t");
-            let one = || async { c.get_or_load(k, counted_load(&loads, false)).await.unwrap() };
+            let one = || async { c.get_or_load(k, counted_load(&clock, &loads, false)).await.unwrap() };
             let _ = tokio::join!(one(), one(), one(), one());
             assert_eq!(loads.load(Ordering::SeqCst), 1);
         });
@@ -217,10 +223,11 @@ mod tests {
     #[test]
     fn a_failed_load_lets_a_waiting_caller_load_again() {
         rt().block_on(async {
-            let c = VerdictCache::new(10);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
             let loads = AtomicUsize::new(0);
             let k = VerdictCache::key("a", b"t");
-            let one = || async { c.get_or_load(k, counted_load(&loads, true)).await.map(|(_, s, _)| s) };
+            let one = || async { c.get_or_load(k, counted_load(&clock, &loads, true)).await.map(|(_, s, _)| s) };
             let (first, second) = tokio::join!(one(), one());
             assert!(first.is_err());
             assert_eq!(second, Ok(Source::Provider));
@@ -232,14 +239,15 @@ mod tests {
     #[test]
     fn stale_acceptance_is_used_only_when_the_provider_cannot_answer() {
         rt().block_on(async {
-            let c = VerdictCache::new(10);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            c.get_or_load(k, async { Ok(stale_ok(30, 60_000)) }).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(60)).await;
+            c.get_or_load(k, async { Ok(stale_ok(&clock, 30, 60_000)) }).await.unwrap();
+            clock.advance(Duration::from_millis(30));
             let (_, s, why) = c.get_or_load(k, async { Err(Unavailable::Internal("down".into())) }).await.unwrap();
             assert_eq!(s, Source::Stale);
             assert_eq!(why, Some(Unavailable::Internal("down".into())));
-            let (_, s, _) = c.get_or_load(k, async { Ok(stale_ok(60_000, 0)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, async { Ok(stale_ok(&clock, 60_000, 0)) }).await.unwrap();
             assert_eq!(s, Source::Provider, "a stale entry is checked again when the provider answers");
             let (_, s, _) = c.get_or_load(k, async { panic!("fresh again") }).await.unwrap();
             assert_eq!(s, Source::Cache);
@@ -248,16 +256,19 @@ mod tests {
 
     #[test]
     fn rejections_get_no_stale_window() {
-        let e = Entry::new(Err(Rejection::Inactive), Duration::from_secs(1), Duration::from_secs(100));
+        let e = Entry::new(Err(Rejection::Inactive), Duration::from_secs(1), Duration::from_secs(100), Instant::now());
         assert_eq!(e.stale, Duration::ZERO);
     }
 
     #[test]
     fn entry_count_is_bounded() {
         rt().block_on(async {
-            let c = VerdictCache::new(100);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(100, clock.clone());
             for i in 0..1000u32 {
-                c.get_or_load(VerdictCache::key("a", &i.to_be_bytes()), async { Ok(ok(60_000)) }).await.unwrap();
+                c.get_or_load(VerdictCache::key("a", &i.to_be_bytes()), async { Ok(ok(&clock, 60_000)) })
+                    .await
+                    .unwrap();
             }
             assert!(c.entry_count() <= 100, "{}", c.entry_count());
         });
@@ -266,10 +277,11 @@ mod tests {
     #[test]
     fn zero_capacity_disables_caching() {
         rt().block_on(async {
-            let c = VerdictCache::new(0);
+            let clock = Clock::manual();
+            let c = VerdictCache::new(0, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
-            let (_, s, _) = c.get_or_load(k, async { Ok(ok(60_000)) }).await.unwrap();
+            c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }

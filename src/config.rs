@@ -120,6 +120,25 @@ impl UsernameFormat {
     }
 }
 
+/// The daemon's own keys (`dovecot-oauth2d`); the Lua module reads the same file and ignores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// `listen` (default `127.0.0.1:7662`): where `POST /introspect` is served; `unix:/path` for a socket.
+    pub address: String,
+    /// `listen_client_id` / `listen_client_secret`: the HTTP Basic credentials Dovecot's oauth2 client
+    /// must send (from `introspection_url`'s `ID:SECRET@`). Required by the daemon.
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    /// `metrics_listen` (default: none, metrics on `listen` with the same credentials).
+    pub metrics_address: Option<String>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen { address: "127.0.0.1:7662".into(), client_id: None, client_secret: None, metrics_address: None }
+    }
+}
+
 /// Everything the settings file can say, with defaults applied.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -186,6 +205,8 @@ pub struct Settings {
     pub stats_log_interval: Duration,
     pub max_token_bytes: usize,
     pub max_response_bytes: usize,
+    /// The daemon's listener (unused by the module).
+    pub listen: Listen,
     /// Notes for the admin (ignored Dovecot keys, loose permissions), logged once when loaded.
     pub warnings: Vec<String>,
 }
@@ -235,6 +256,7 @@ impl Default for Settings {
             stats_log_interval: Duration::ZERO,
             max_token_bytes: 16 * 1024,
             max_response_bytes: 1024 * 1024,
+            listen: Listen::default(),
             warnings: Vec::new(),
         }
     }
@@ -378,6 +400,15 @@ impl Settings {
                     s.max_response_bytes = n as usize;
                 }
                 "connect_timeout_msecs" => connect_timeout_msecs = Some(parse_uint(&value).map_err(invalid)?),
+                "listen" => {
+                    if value.is_empty() {
+                        return Err(invalid("must not be empty".into()));
+                    }
+                    s.listen.address = value.clone();
+                }
+                "listen_client_id" => s.listen.client_id = opt(&value),
+                "listen_client_secret" => s.listen.client_secret = opt(&value),
+                "metrics_listen" => s.listen.metrics_address = opt(&value),
                 other => {
                     if let Some((_, why)) = IGNORED_DOVECOT_KEYS.iter().find(|(k, _)| *k == other) {
                         if !value.is_empty() {

@@ -3,6 +3,7 @@
 //! threads are joined before the module can be unloaded.
 
 use crate::breaker::Breaker;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::errors::{ConfigError, Unavailable};
 use crate::stats::Stats;
@@ -77,7 +78,7 @@ fn breaker_key(url: &str) -> &str {
 }
 
 impl Http {
-    pub fn new(s: &Settings, stats: Arc<Stats>) -> Result<Http, ConfigError> {
+    pub fn new(s: &Settings, stats: Arc<Stats>, clock: Clock) -> Result<Http, ConfigError> {
         let lookups = Arc::new(Mutex::new(Vec::new()));
         let bad =
             |key: &str, reason: String| ConfigError::Invalid { path: s.path.clone(), line: 0, key: key.into(), reason };
@@ -117,7 +118,7 @@ impl Http {
             b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad("tls_cert_file", e.to_string()))?);
         }
         let client = b.build().map_err(|e| bad("tls_ca_cert_file", e.to_string()))?;
-        let breaker = Breaker::new(s.circuit_breaker_failures, s.circuit_breaker_backoff);
+        let breaker = Breaker::new(s.circuit_breaker_failures, s.circuit_breaker_backoff, clock);
         Ok(Http { client, max_body: s.max_response_bytes, timeout: s.timeout, breaker, stats, lookups })
     }
 

@@ -10,6 +10,7 @@
 //! Refreshes run inline, in the login that finds the keys stale: the engine's runtime only runs while
 //! a login is being verified, so a background task would stall between logins with a connection open.
 
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::errors::Unavailable;
 use crate::http::{redact_url, Http};
@@ -132,10 +133,11 @@ pub struct KeyStore {
     max_age_cap: Duration,
     /// Failed refreshes while older keys stay in use: worth a log line, not a failed login.
     notes: Mutex<Vec<String>>,
+    clock: Clock,
 }
 
 impl KeyStore {
-    pub fn new(s: &Settings) -> KeyStore {
+    pub fn new(s: &Settings, clock: Clock) -> KeyStore {
         let source = |kind, url: &String| Source {
             kind,
             url: url.clone(),
@@ -153,6 +155,7 @@ impl KeyStore {
             min_interval: s.jwks_refetch_min_interval,
             max_age_cap: s.jwks_max_age,
             notes: Mutex::new(Vec::new()),
+            clock,
         }
     }
 
@@ -161,7 +164,7 @@ impl KeyStore {
         for (i, src) in self.sources.iter().enumerate() {
             let due = {
                 let st = src.state.lock().unwrap();
-                st.fetched_at.is_none_or(|t| t.elapsed() >= st.max_age)
+                st.fetched_at.is_none_or(|t| self.clock.since(t) >= st.max_age)
             };
             if due {
                 self.refresh(http, i, Why::Due).await;
@@ -185,14 +188,14 @@ impl KeyStore {
             // more than once a minute.
             let failing_with_keys = st.last_error.is_some() && st.fetched_at.is_some();
             let interval = if failing_with_keys { self.min_interval.max(MIN_MAX_AGE) } else { self.min_interval };
-            if st.attempted_at.is_some_and(|t| t.elapsed() < interval) {
+            if st.attempted_at.is_some_and(|t| self.clock.since(t) < interval) {
                 return;
             }
             // Another login may have fetched while this one waited for the lock.
-            if why == Why::Due && st.fetched_at.is_some_and(|t| t.elapsed() < st.max_age) {
+            if why == Why::Due && st.fetched_at.is_some_and(|t| self.clock.since(t) < st.max_age) {
                 return;
             }
-            st.attempted_at = Some(Instant::now());
+            st.attempted_at = Some(self.clock.now());
         }
         // A stale pooled connection is retried once by Http::send.
         let result = fetch(http, src.kind, &src.url, self.max_age_cap).await;
@@ -203,7 +206,7 @@ impl KeyStore {
                 st.skipped = f.skipped;
                 st.issuer = f.issuer;
                 st.max_age = f.max_age;
-                st.fetched_at = Some(Instant::now());
+                st.fetched_at = Some(self.clock.now());
                 st.last_error = None;
             }
             Err(e) => {
@@ -212,7 +215,7 @@ impl KeyStore {
                         "cannot refresh signing keys from {} ({e}); still using the {} keys fetched {} s ago",
                         redact_url(&src.url),
                         st.keys.len(),
-                        t.elapsed().as_secs()
+                        self.clock.since(t).as_secs()
                     ));
                 }
                 st.last_error = Some(e);
@@ -494,7 +497,7 @@ mod tests {
     fn store_for(jwks_url: &str) -> (KeyStore, Http) {
         let text = format!("introspection_mode = local\njwks_url = {jwks_url}\nissuers = https://idp\n");
         let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
-        (KeyStore::new(&s), Http::new(&s, Default::default()).unwrap())
+        (KeyStore::new(&s, Clock::manual()), Http::new(&s, Default::default(), Clock::manual()).unwrap())
     }
 
     fn rt() -> tokio::runtime::Runtime {

@@ -6,9 +6,11 @@
 pub mod breaker;
 pub mod cache;
 pub mod claims;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod errors;
+pub mod escape;
 pub mod http;
 pub mod jwks;
 pub mod jwt;

@@ -3,6 +3,7 @@
 
 use crate::cache::{Entry, Key, Source, VerdictCache};
 use crate::claims;
+use crate::clock::Clock;
 use crate::config::{IntrospectionMode, Settings};
 use crate::errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};
 use crate::http::Http;
@@ -22,6 +23,7 @@ pub struct Authenticator {
     /// Signing keys for `introspection_mode = local` (empty otherwise), fetched on first use.
     keys: KeyStore,
     stats: Arc<Stats>,
+    clock: Clock,
 }
 
 /// A verdict with what an admin needs to understand it.
@@ -101,11 +103,21 @@ pub fn unix_now() -> u64 {
 
 impl Authenticator {
     pub fn new(settings: Settings) -> Result<Authenticator, ConfigError> {
-        let stats = Arc::new(Stats::new(settings.stats_log_interval));
-        let http = Http::new(&settings, stats.clone())?;
-        let cache = VerdictCache::new(if settings.cache_ttl.is_zero() { 0 } else { settings.cache_max_entries });
-        let keys = KeyStore::new(&settings);
-        Ok(Authenticator { settings, http, cache, keys, stats })
+        Authenticator::with_clock(settings, Clock::system())
+    }
+
+    /// With another clock: tests move a manual one instead of sleeping.
+    pub fn with_clock(settings: Settings, clock: Clock) -> Result<Authenticator, ConfigError> {
+        let stats = Arc::new(Stats::new(settings.stats_log_interval, clock.clone()));
+        let http = Http::new(&settings, stats.clone(), clock.clone())?;
+        let max_entries = if settings.cache_ttl.is_zero() { 0 } else { settings.cache_max_entries };
+        let cache = VerdictCache::new(max_entries, clock.clone());
+        let keys = KeyStore::new(&settings, clock.clone());
+        Ok(Authenticator { settings, http, cache, keys, stats, clock })
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn stats(&self) -> Snapshot {
@@ -198,11 +210,11 @@ impl Authenticator {
         if let Some(why) = stale_because {
             warnings.push(format!(
                 "accepted on an earlier verdict ({} s old, stale_if_error_secs) because {why}",
-                entry.created.elapsed().as_secs()
+                self.clock.since(entry.created).as_secs()
             ));
         }
         trace::note(|| match source {
-            Source::Cache => format!("cache: hit, verdict {} s old", entry.created.elapsed().as_secs()),
+            Source::Cache => format!("cache: hit, verdict {} s old", self.clock.since(entry.created).as_secs()),
             Source::Stale => "cache: stale acceptance used, provider unavailable".into(),
             Source::Provider => format!("cache: miss; verdict kept {} s", entry.ttl.as_secs()),
         });
@@ -213,8 +225,9 @@ impl Authenticator {
     /// verdict may be reused.
     async fn load(&self, login_user: &str, token: Token<'_>) -> Result<Entry, Unavailable> {
         let s = &self.settings;
-        let negative = |r: Rejection| Ok(Entry::new(Err(r), s.cache_negative_ttl, Duration::ZERO));
-        let now = unix_now();
+        let created = self.clock.now();
+        let negative = |r: Rejection| Ok(Entry::new(Err(r), s.cache_negative_ttl, Duration::ZERO, created));
+        let now = self.clock.unix();
         let checked = if s.introspection_mode == IntrospectionMode::Local {
             match jwt::shape(token.as_str()) {
                 Shape::Jwt(Ok(parsed)) => {
@@ -253,7 +266,7 @@ impl Authenticator {
                     }
                     None => (s.cache_ttl, s.stale_if_error),
                 };
-                Ok(Entry::new(Ok(identity), ttl, stale))
+                Ok(Entry::new(Ok(identity), ttl, stale, created))
             }
         }
     }

@@ -2,6 +2,7 @@
 //! from Lua (`validator:stats()`) and written to Dovecot's log every `stats_log_interval_secs`.
 
 use crate::cache::Source;
+use crate::clock::Clock;
 use crate::errors::Verdict;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -51,20 +52,22 @@ pub struct Stats {
     inner: Mutex<Snapshot>,
     interval: Duration,
     last_logged: Mutex<Instant>,
+    clock: Clock,
 }
 
 impl Default for Stats {
     fn default() -> Stats {
-        Stats::new(Duration::ZERO)
+        Stats::new(Duration::ZERO, Clock::system())
     }
 }
 
 impl Stats {
-    pub fn new(log_interval: Duration) -> Stats {
+    pub fn new(log_interval: Duration, clock: Clock) -> Stats {
         Stats {
             inner: Mutex::new(Snapshot::default()),
             interval: log_interval,
-            last_logged: Mutex::new(Instant::now()),
+            last_logged: Mutex::new(clock.now()),
+            clock,
         }
     }
 
@@ -114,10 +117,10 @@ impl Stats {
             return None;
         }
         let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() < self.interval {
+        if self.clock.since(*last) < self.interval {
             return None;
         }
-        *last = Instant::now();
+        *last = self.clock.now();
         Some(self.snapshot().line())
     }
 }
@@ -129,7 +132,7 @@ mod tests {
 
     #[test]
     fn logins_are_counted_by_verdict_source_and_rejection_kind() {
-        let st = Stats::new(Duration::ZERO);
+        let st = Stats::new(Duration::ZERO, Clock::manual());
         st.login(&Verdict::Accept(vec![]), Some(Source::Cache));
         st.login(&Verdict::Accept(vec![]), Some(Source::Provider));
         st.login(&Verdict::Reject(Rejection::Inactive), Some(Source::Provider));
@@ -142,7 +145,7 @@ mod tests {
 
     #[test]
     fn provider_latency_is_summed_and_maxed() {
-        let st = Stats::new(Duration::ZERO);
+        let st = Stats::new(Duration::ZERO, Clock::manual());
         st.provider_request(Duration::from_millis(10), false);
         st.provider_request(Duration::from_millis(30), true);
         let s = st.snapshot();
@@ -155,10 +158,13 @@ mod tests {
 
     #[test]
     fn the_log_line_is_due_once_per_interval_and_never_when_off() {
-        assert_eq!(Stats::new(Duration::ZERO).due_line(), None);
-        let st = Stats::new(Duration::from_millis(20));
+        assert_eq!(Stats::new(Duration::ZERO, Clock::manual()).due_line(), None);
+        let clock = Clock::manual();
+        let st = Stats::new(Duration::from_secs(60), clock.clone());
         assert_eq!(st.due_line(), None);
-        std::thread::sleep(Duration::from_millis(25));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(st.due_line(), None);
+        clock.advance(Duration::from_secs(1));
         assert!(st.due_line().is_some());
         assert_eq!(st.due_line(), None);
     }

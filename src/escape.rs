@@ -1,0 +1,117 @@
+//! The one way a string that came from outside (a provider's reply, a token's claims, a settings file,
+//! a client) reaches a log line or the check command's output: control characters escaped, so a
+//! newline cannot forge a log line, a terminal escape cannot act and a NUL cannot truncate; and the
+//! length capped, so a huge value cannot flood the log.
+
+/// The longest text shown of one outside value, in characters.
+pub const MAX_SHOWN_CHARS: usize = 128;
+
+/// `s` as a log line may show it: printable characters as they are, `\` as `\\`, control characters
+/// (C0, DEL, C1, and Unicode line/paragraph separators and bidi controls) as `\n`, `\t`, `\r` or
+/// `\u{..}`; cut after [`MAX_SHOWN_CHARS`] characters with `...` appended.
+pub fn shown(s: &str) -> String {
+    shown_max(s, MAX_SHOWN_CHARS)
+}
+
+/// [`shown`] with another cap.
+pub fn shown_max(s: &str, max_chars: usize) -> String {
+    let mut out = Shown { text: String::with_capacity(s.len().min(max_chars * 2)), left: max_chars, cut: false };
+    out.push_str(s);
+    out.finish()
+}
+
+/// Bytes that may not be UTF-8 (a client's SASL user, say): invalid bytes shown as `\x..`.
+pub fn shown_bytes(b: &[u8]) -> String {
+    let mut out = Shown { text: String::new(), left: MAX_SHOWN_CHARS, cut: false };
+    for chunk in b.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_raw(&format!("\\x{byte:02x}"));
+        }
+    }
+    out.finish()
+}
+
+/// Escaped text being built, with how many more characters may be shown.
+struct Shown {
+    text: String,
+    left: usize,
+    cut: bool,
+}
+
+impl Shown {
+    fn push_str(&mut self, s: &str) {
+        for c in s.chars() {
+            match c {
+                '\\' => self.push_raw("\\\\"),
+                '\n' => self.push_raw("\\n"),
+                '\r' => self.push_raw("\\r"),
+                '\t' => self.push_raw("\\t"),
+                c if needs_escape(c) => self.push_raw(&format!("\\u{{{:x}}}", c as u32)),
+                c => self.push_raw(c.encode_utf8(&mut [0; 4])),
+            }
+        }
+    }
+
+    /// One shown character (or its escape); past the cap, one `...` and nothing more.
+    fn push_raw(&mut self, piece: &str) {
+        if self.cut {
+            return;
+        }
+        if self.left == 0 {
+            self.text.push_str("...");
+            self.cut = true;
+            return;
+        }
+        self.text.push_str(piece);
+        self.left -= 1;
+    }
+
+    fn finish(self) -> String {
+        self.text
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newline_cannot_start_a_forged_log_line() {
+        let s = shown("alice\nauth: Info: accepted root");
+        assert!(!s.contains('\n'));
+        assert_eq!(s, "alice\\nauth: Info: accepted root");
+    }
+
+    #[test]
+    fn terminal_escapes_nul_and_bidi_controls_are_escaped() {
+        assert_eq!(shown("\u{1b}[31mred\0x"), "\\u{1b}[31mred\\u{0}x");
+        assert_eq!(shown("a\u{202e}b\u{2028}"), "a\\u{202e}b\\u{2028}");
+        assert_eq!(shown("\u{85}"), "\\u{85}");
+    }
+
+    #[test]
+    fn a_backslash_is_doubled_so_escapes_cannot_be_faked() {
+        assert_eq!(shown("\\n"), "\\\\n");
+    }
+
+    #[test]
+    fn long_values_are_cut_with_a_mark() {
+        let s = shown(&"x".repeat(10_000));
+        assert_eq!(s.len(), MAX_SHOWN_CHARS + 3);
+        assert!(s.ends_with("..."));
+        assert_eq!(shown("short"), "short");
+    }
+
+    #[test]
+    fn invalid_utf8_bytes_are_shown_as_hex() {
+        assert_eq!(shown_bytes(b"ok\xff\n"), "ok\\xff\\n");
+    }
+}
