@@ -1,22 +1,37 @@
 #!/bin/bash
-# dovecot-oauth2 for docker-mailserver (DMS) v14/v15 (Dovecot 2.3).
+# dovecot-oauth2 for docker-mailserver (DMS): v14/v15 (Dovecot 2.3) and edge (Dovecot 2.4).
 #
-# Switches DMS's ENABLE_OAUTH2 passdb (Dovecot's built-in `driver = oauth2`) to the dovecot-oauth2 Lua
-# passdb. DMS runs /tmp/docker-mailserver/user-patches.sh as root, with bash, right before the daemons
-# start, on every fresh container. With ENABLE_OAUTH2=1 this script:
-#   1. checks Dovecot is 2.3 (2.4 no longer hands XOAUTH2/OAUTHBEARER tokens to a passdb),
-#   2. finds the module: dovecot_oauth2.so next to this script in the config volume (installed to
+# DMS runs /tmp/docker-mailserver/user-patches.sh as root, with bash, right before the daemons start, on
+# every fresh container. With ENABLE_OAUTH2=1 this script looks at the Dovecot version and:
+#
+# Dovecot 2.3 (DMS v14/v15): switches DMS's ENABLE_OAUTH2 passdb (Dovecot's built-in `driver = oauth2`)
+# to the dovecot-oauth2 Lua passdb:
+#   1. finds the module: dovecot_oauth2.so next to this script in the config volume (installed to
 #      /usr/local/lib/lua/5.4/), else the one the dovecot-oauth2 image already has there,
-#   3. finds the Lua script: dovecot-oauth2.lua in the config volume, else the image's copy in
+#   2. finds the Lua script: dovecot-oauth2.lua in the config volume, else the image's copy in
 #      /usr/local/share/dovecot-oauth2/; installs it to /etc/dovecot/lua/dovecot-oauth2.lua,
-#   4. applies every OAUTH2_<KEY> variable as `<key> = <value>` to /etc/dovecot/dovecot-oauth2.conf.ext
+#   3. applies every OAUTH2_<KEY> variable as `<key> = <value>` to /etc/dovecot/dovecot-oauth2.conf.ext
 #      (DMS already set the keys its file has; this adds the others, e.g. OAUTH2_CACHE_TTL_SECS),
 #      refusing keys the module does not know,
-#   5. replaces the passdb in /etc/dovecot/conf.d/auth-oauth2.conf.ext by the Lua passdb, keeping
+#   4. replaces the passdb in /etc/dovecot/conf.d/auth-oauth2.conf.ext by the Lua passdb, keeping
 #      DMS's originals as *.dms-orig next to them,
-#   6. checks the result with `doveconf -n`.
+#   5. checks the result with `doveconf -n`.
+#
+# Dovecot 2.4 (DMS edge): Dovecot checks XOAUTH2/OAUTHBEARER tokens itself with its `oauth2 {}` settings
+# and no passdb sees them, so the daemon dovecot-oauth2d answers Dovecot's RFC 7662 requests instead:
+#   1. finds the daemon: dovecot-oauth2d next to this script in the config volume (installed to
+#      /usr/local/bin/), else the image's /usr/local/bin/dovecot-oauth2d,
+#   2. writes the daemon's settings /etc/dovecot/dovecot-oauth2.conf.ext from the same OAUTH2_<KEY>
+#      variables as on v15 (DMS edge itself only applies OAUTH2_INTROSPECTION_URL), with a random
+#      credential for Dovecot (kept in /etc/dovecot/dovecot-oauth2d.secret, made once per container),
+#   3. replaces /etc/dovecot/conf.d/auth-oauth2.conf.ext by one whose `oauth2 {}` block asks the daemon
+#      (introspection_mode = post on 127.0.0.1), keeping DMS's original as *.dms-orig,
+#   4. checks the result with `doveconf -n`,
+#   5. adds the daemon to DMS's supervisord (/etc/supervisor/conf.d/dovecot-oauth2d.conf, user dovecot,
+#      log /var/log/mail/dovecot-oauth2d.log) and starts it when supervisord is running.
+#
 # On any problem it puts DMS's original files back, says why (lines prefixed [dovecot-oauth2]) and
-# leaves DMS's own oauth2 passdb running; with DOVECOT_OAUTH2_STRICT=1 it then exits 1 as well.
+# leaves DMS's own oauth2 configuration running; with DOVECOT_OAUTH2_STRICT=1 it then exits 1 as well.
 # Running it again gives the same files. With ENABLE_OAUTH2 unset or not 1 it changes nothing.
 #
 # DMS_ROOT (default empty) prefixes every path this script reads or writes, for testing against a
@@ -46,6 +61,15 @@ PASSDB_CONF="${DOVECOT_DIR}/conf.d/auth-oauth2.conf.ext"
 LUA_PASSDB_MODULE="${DMS_ROOT}/usr/lib/dovecot/modules/auth/libauthdb_lua.so"
 ORIG_SUFFIX='.dms-orig'
 
+# Dovecot 2.4: the daemon, its secret, its supervisord program.
+RT_DAEMON='/usr/local/bin/dovecot-oauth2d'
+RT_SETTINGS='/etc/dovecot/dovecot-oauth2.conf.ext'
+RT_SECRET='/etc/dovecot/dovecot-oauth2d.secret'
+DAEMON="${DMS_ROOT}${RT_DAEMON}"
+SECRET="${DMS_ROOT}${RT_SECRET}"
+SUPERVISOR_PROGRAM="${DMS_ROOT}/etc/supervisor/conf.d/dovecot-oauth2d.conf"
+DEFAULT_LISTEN='127.0.0.1:7662'
+
 # The settings keys the module accepts: Dovecot 2.3's oauth2 keys plus this module's own. Derived from
 # src/config.rs (the `match key.as_str()` arms of Settings::parse and IGNORED_DOVECOT_KEYS); an unknown
 # key makes every login fail temporarily, so none gets past this script. tests/e2e/test_dms.py checks
@@ -63,6 +87,7 @@ KNOWN_KEYS='
   max_token_bytes max_response_bytes
   stale_if_error_secs circuit_breaker_failures circuit_breaker_backoff_secs stats_log_interval_secs
   max_pipelined_requests rawlog_dir tls_cipher_suite send_auth_headers grant_url
+  listen listen_client_id listen_client_secret metrics_listen
 '
 
 MARKER='# dovecot-oauth2: written by user-patches.sh'
@@ -82,6 +107,9 @@ restore_originals() {
       cp -p "${f}${ORIG_SUFFIX}" "${f}" && rm -f "${f}${ORIG_SUFFIX}"
     fi
   done
+  # Dovecot 2.4: DMS has no settings file of its own; the daemon's program goes with the switch.
+  [[ -f ${SETTINGS} && ! -f ${SETTINGS}${ORIG_SUFFIX} ]] && grep -qF "${MARKER}" "${SETTINGS}" && rm -f "${SETTINGS}"
+  rm -f "${SUPERVISOR_PROGRAM}"
   local out
   if out=$(doveconf -c "${DOVECOT_CONF}" -n 2>&1 >/dev/null); then
     log "restored docker-mailserver's original ${PASSDB_CONF#"${DMS_ROOT}"} and ${SETTINGS#"${DMS_ROOT}"} (doveconf: ok)"
@@ -96,7 +124,7 @@ give_up() {
   for why in "$@"; do err "${why}"; done
   # this run (or an earlier one) switched the passdb: put DMS's originals back
   [[ -f ${PASSDB_CONF} ]] && grep -qF "${MARKER}" "${PASSDB_CONF}" && restore_originals
-  err "not switched: docker-mailserver's own oauth2 passdb (driver = oauth2) stays in place"
+  err "not switched: docker-mailserver's own ${DMS_OAUTH2:-oauth2 passdb (driver = oauth2)} stays in place"
   [[ ${DOVECOT_OAUTH2_STRICT:-0} == 1 ]] && exit 1
   exit 0
 }
@@ -112,7 +140,8 @@ install_file() {
   chown "root:${group}" "${dst}" && chmod "${mode}" "${dst}"
 }
 
-# ELF shared object for this machine's architecture, whose libraries (glibc version included) resolve.
+# check_module FILE: an ELF shared object (or a position-independent executable, which has the same ELF
+# type) for this machine's architecture, whose libraries (glibc version included) resolve.
 check_module() {
   local so=$1 hdr machine want
   [[ -r ${so} ]] || { echo "${so} is not readable"; return 1; }
@@ -215,21 +244,42 @@ passdb {
 EOF
 }
 
-main() {
-  if [[ ${ENABLE_OAUTH2:-0} != 1 ]]; then
-    log "ENABLE_OAUTH2 is not 1: nothing to do"
-    exit 0
-  fi
+# apply_oauth2_variables FILE: every OAUTH2_<KEY> variable as `<key> = <value>` in FILE; gives up on a
+# key the module does not know (an unknown key makes every login fail temporarily) or one this script
+# manages itself (EXCLUDED_KEYS).
+apply_oauth2_variables() {
+  local file=$1 name key value bad=()
+  while IFS= read -r name; do
+    key=${name#OAUTH2_}; key=${key,,}
+    value=${!name}
+    if ! is_known_key "${key}"; then
+      bad+=("${name}: '${key}' is not a dovecot-oauth2 setting")
+      continue
+    fi
+    if [[ " ${EXCLUDED_KEYS:-} " == *" ${key} "* ]]; then
+      bad+=("${name}: '${key}' is set by this script")
+      continue
+    fi
+    if [[ ${value} == *$'\n'* ]]; then
+      bad+=("${name}: the value spans several lines")
+      continue
+    fi
+    [[ ${value} == *'#'* && ${value} != *'"'* ]] && value="\"${value}\""
+    set_key "${file}" "${key}" "${value}" || give_up "cannot edit the staged settings file"
+  done < <(compgen -e | grep -E '^OAUTH2_' | LC_ALL=C sort)
+  ((${#bad[@]} == 0)) || give_up "${bad[@]}" "known keys:$(printf ' %s' ${KNOWN_KEYS})"
+}
 
-  # --- Dovecot 2.3 only
-  local version
-  version=$(dovecot --version 2>/dev/null) || give_up "cannot run 'dovecot --version'"
-  version=${version%% *}
-  if [[ ! ${version} =~ ^2\.3\. ]]; then
-    give_up "Dovecot ${version} found; dovecot-oauth2 needs Dovecot 2.3 (docker-mailserver v14/v15)." \
-      "Dovecot 2.4 (docker-mailserver edge) checks XOAUTH2/OAUTHBEARER tokens with its own oauth2 settings and no longer hands them to a passdb, so this module cannot work there."
+# stage_check_settings FILE: gives up with the problems check_settings finds.
+stage_check_settings() {
+  local problems lines
+  if ! problems=$(check_settings "$1"); then
+    mapfile -t lines <<< "${problems}"
+    give_up "${lines[@]}"
   fi
+}
 
+main_23() {
   [[ -f ${LUA_PASSDB_MODULE} ]] \
     || give_up "${LUA_PASSDB_MODULE#"${DMS_ROOT}"} is missing: Dovecot's Lua passdb (package dovecot-auth-lua) is needed"
   [[ -f ${PASSDB_CONF} ]] || give_up "${PASSDB_CONF#"${DMS_ROOT}"} is missing (not a docker-mailserver image?)"
@@ -278,28 +328,8 @@ main() {
   STAGE=$(mktemp -d) || give_up "mktemp failed"
   cp "${orig_settings}" "${STAGE}/settings" || give_up "cannot read ${orig_settings}"
   [[ -z $(tail -c1 "${STAGE}/settings") ]] || echo >> "${STAGE}/settings"
-  local name key value bad=()
-  while IFS= read -r name; do
-    key=${name#OAUTH2_}; key=${key,,}
-    value=${!name}
-    if ! is_known_key "${key}"; then
-      bad+=("${name}: '${key}' is not a dovecot-oauth2 setting")
-      continue
-    fi
-    if [[ ${value} == *$'\n'* ]]; then
-      bad+=("${name}: the value spans several lines")
-      continue
-    fi
-    [[ ${value} == *'#'* && ${value} != *'"'* ]] && value="\"${value}\""
-    set_key "${STAGE}/settings" "${key}" "${value}" || give_up "cannot edit the staged settings file"
-  done < <(compgen -e | grep -E '^OAUTH2_' | LC_ALL=C sort)
-  ((${#bad[@]} == 0)) || give_up "${bad[@]}" "known keys:$(printf ' %s' ${KNOWN_KEYS})"
-  local problems
-  if ! problems=$(check_settings "${STAGE}/settings"); then
-    local lines
-    mapfile -t lines <<< "${problems}"
-    give_up "${lines[@]}"
-  fi
+  apply_oauth2_variables "${STAGE}/settings"
+  stage_check_settings "${STAGE}/settings"
   passdb_conf_text > "${STAGE}/passdb" || give_up "cannot write the staged passdb configuration"
 
   # --- install
@@ -328,6 +358,178 @@ main() {
 
   log "switched the oauth2 passdb to dovecot-oauth2 (Lua passdb ${RT_LUA_SCRIPT}, module ${MODULE#"${DMS_ROOT}"} from ${module_src#"${DMS_ROOT}"}, settings ${SETTINGS#"${DMS_ROOT}"}); doveconf: ok"
   log "roll back: restore ${PASSDB_CONF#"${DMS_ROOT}"}${ORIG_SUFFIX} and ${SETTINGS#"${DMS_ROOT}"}${ORIG_SUFFIX}, or remove this script and recreate the container"
+}
+
+# auth-oauth2.conf.ext for Dovecot 2.4: DMS's mechanisms, and an oauth2 {} block that points Dovecot's
+# own oauth2 client at the daemon. username_attribute = username: the daemon answers with the identity
+# already folded as username_format says, which is what Dovecot 2.4.1 compares (case-sensitively) with
+# the login user that DMS lowercases.
+oauth2_block_text() {
+  local listen=$1 secret=$2
+  cat << EOF
+${MARKER}; DMS's original: auth-oauth2.conf.ext${ORIG_SUFFIX}
+auth_mechanisms {
+  oauthbearer = yes
+  xoauth2 = yes
+}
+
+# Tokens are checked by dovecot-oauth2d (one cache for every auth process; settings in
+# ${RT_SETTINGS}, log in /var/log/mail/dovecot-oauth2d.log).
+oauth2 {
+  introspection_mode = post
+  introspection_url = http://dovecot:${secret}@${listen}/introspect
+  username_attribute = username
+  active_attribute = active
+  active_value = true
+}
+EOF
+}
+
+supervisor_program_text() {
+  cat << EOF
+; ${MARKER}
+[program:dovecot-oauth2d]
+startsecs=1
+stopwaitsecs=30
+autostart=false
+autorestart=true
+user=${DAEMON_USER}
+stdout_logfile=/var/log/mail/%(program_name)s.log
+stderr_logfile=/var/log/mail/%(program_name)s.log
+command=${RT_DAEMON} -c ${RT_SETTINGS}
+EOF
+}
+
+# The daemon's settings before the OAUTH2_* variables are applied: Dovecot's defaults as DMS v15's file
+# had them, and the listener Dovecot is pointed at.
+daemon_settings_text() {
+  local listen=$1
+  cat << EOF
+${MARKER} (read by dovecot-oauth2d: Dovecot 2.4)
+introspection_url =
+introspection_mode = auth
+username_attribute = email
+listen = ${listen}
+listen_client_id = dovecot
+listen_client_secret = <${RT_SECRET}
+EOF
+}
+
+# start_daemon: (re)starts the daemon's supervisord program when supervisord runs (it does in DMS: this
+# script is run by start-mailserver.sh, itself a supervisord program).
+start_daemon() {
+  if ! command -v supervisorctl > /dev/null 2>&1 || ! supervisorctl pid > /dev/null 2>&1; then
+    log "supervisord is not running: start the daemon with '${RT_DAEMON} -c ${RT_SETTINGS}'"
+    return 0
+  fi
+  supervisorctl reread > /dev/null 2>&1
+  supervisorctl update dovecot-oauth2d > /dev/null 2>&1
+  supervisorctl restart dovecot-oauth2d > /dev/null 2>&1
+  local _
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    if supervisorctl status dovecot-oauth2d 2> /dev/null | grep -q RUNNING; then
+      log "dovecot-oauth2d runs under supervisord ('supervisorctl status dovecot-oauth2d')"
+      return 0
+    fi
+    sleep 1
+  done
+  err "dovecot-oauth2d did not start: see /var/log/mail/dovecot-oauth2d.log"
+}
+
+main_24() {
+  local version=$1
+  DMS_OAUTH2='oauth2 {} settings (Dovecot asks the provider itself)'
+  [[ -f ${PASSDB_CONF} ]] || give_up "${PASSDB_CONF#"${DMS_ROOT}"} is missing (not a docker-mailserver image?)"
+
+  # --- the daemon
+  local daemon_src='' why
+  if [[ -f ${CONFIG_VOLUME}/dovecot-oauth2d ]]; then
+    daemon_src="${CONFIG_VOLUME}/dovecot-oauth2d"
+  elif [[ -f ${DAEMON} ]]; then
+    daemon_src="${DAEMON}"
+  else
+    give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
+  fi
+  why=$(check_module "${daemon_src}") || give_up "${why}"
+
+  # --- DMS's original: the current file, or the copy an earlier run kept
+  local orig_passdb="${PASSDB_CONF}"
+  if grep -qF "${MARKER}" "${PASSDB_CONF}"; then
+    [[ -f ${PASSDB_CONF}${ORIG_SUFFIX} ]] \
+      || give_up "${PASSDB_CONF#"${DMS_ROOT}"} was switched earlier but DMS's original (*${ORIG_SUFFIX}) is gone; recreate the container"
+    orig_passdb="${PASSDB_CONF}${ORIG_SUFFIX}"
+  elif ! grep -qE '^[[:space:]]*oauth2[[:space:]]*\{' "${PASSDB_CONF}"; then
+    give_up "${PASSDB_CONF#"${DMS_ROOT}"} has no 'oauth2 {' block: not docker-mailserver's file, left alone"
+  fi
+
+  local listen=${OAUTH2_LISTEN:-${DEFAULT_LISTEN}}
+  [[ ${listen} =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+$ ]] \
+    || give_up "OAUTH2_LISTEN='${listen}': Dovecot reaches the daemon on loopback (e.g. 127.0.0.1:7662)"
+
+  # --- the new files, staged
+  STAGE=$(mktemp -d) || give_up "mktemp failed"
+  daemon_settings_text "${listen}" > "${STAGE}/settings" || give_up "cannot write the staged settings"
+  EXCLUDED_KEYS='listen_client_id listen_client_secret' apply_oauth2_variables "${STAGE}/settings"
+  stage_check_settings "${STAGE}/settings"
+
+  # One random credential per container: only Dovecot (and root) can ask the daemon.
+  local secret=''
+  [[ -s ${SECRET} ]] && secret=$(< "${SECRET}")
+  if [[ ! ${secret} =~ ^[0-9a-f]{48}$ ]]; then
+    secret=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+    [[ ${secret} =~ ^[0-9a-f]{48}$ ]] || give_up "cannot make a random secret"
+  fi
+  printf '%s\n' "${secret}" > "${STAGE}/secret" || give_up "cannot stage the secret"
+  oauth2_block_text "${listen}" "${secret}" > "${STAGE}/passdb" || give_up "cannot write the staged oauth2 block"
+  DAEMON_USER=root
+  getent passwd dovecot > /dev/null 2>&1 && DAEMON_USER=dovecot
+  supervisor_program_text > "${STAGE}/program" || give_up "cannot write the staged supervisord program"
+
+  # --- install
+  if [[ ${daemon_src} != "${DAEMON}" ]]; then
+    install_file "${daemon_src}" "${DAEMON}" 0755 || give_up "cannot install ${RT_DAEMON}"
+  fi
+  if [[ ${orig_passdb} == "${PASSDB_CONF}" ]]; then
+    cp -p "${PASSDB_CONF}" "${PASSDB_CONF}${ORIG_SUFFIX}" || give_up "cannot keep a copy of DMS's original"
+  fi
+  local group=root
+  getent group dovecot > /dev/null 2>&1 && group=dovecot
+  install_file "${STAGE}/secret" "${SECRET}" 0640 "${group}" || give_up "cannot write ${RT_SECRET}"
+  install_file "${STAGE}/settings" "${SETTINGS}" 0640 "${group}" || give_up "cannot write ${RT_SETTINGS}"
+  # It holds the daemon's credential: readable by Dovecot, not by every local user.
+  install_file "${STAGE}/passdb" "${PASSDB_CONF}" 0640 "${group}" \
+    || give_up "cannot write ${PASSDB_CONF#"${DMS_ROOT}"}"
+
+  # --- check what Dovecot will run
+  local out
+  out=$(doveconf -c "${DOVECOT_CONF}" -n 2> "${STAGE}/doveconf.err") \
+    || give_up "doveconf rejects the configuration: $(tr '\n' ' ' < "${STAGE}/doveconf.err")"
+  grep -qF "introspection_url = http://dovecot:${secret}@${listen}/introspect" <<< "${out}" \
+    || give_up "the daemon's oauth2 block is not in Dovecot's configuration: is '!include auth-oauth2.conf.ext' enabled in conf.d/10-auth.conf (DMS does that for ENABLE_OAUTH2=1)?"
+
+  # --- run the daemon under DMS's supervisord
+  install_file "${STAGE}/program" "${SUPERVISOR_PROGRAM}" 0644 \
+    || give_up "cannot write ${SUPERVISOR_PROGRAM#"${DMS_ROOT}"}"
+  mkdir -p "${DMS_ROOT}/var/log/mail"
+  start_daemon
+
+  log "switched Dovecot ${version}'s oauth2 client to dovecot-oauth2d on ${listen} (daemon ${RT_DAEMON} from ${daemon_src#"${DMS_ROOT}"}, settings ${RT_SETTINGS}); doveconf: ok"
+  log "roll back: restore ${PASSDB_CONF#"${DMS_ROOT}"}${ORIG_SUFFIX}, or remove this script and recreate the container"
+}
+
+main() {
+  if [[ ${ENABLE_OAUTH2:-0} != 1 ]]; then
+    log "ENABLE_OAUTH2 is not 1: nothing to do"
+    exit 0
+  fi
+  local version
+  version=$(dovecot --version 2>/dev/null) || give_up "cannot run 'dovecot --version'"
+  version=${version%% *}
+  case "${version}" in
+    2.3.*) main_23 ;;
+    2.4.*) main_24 "${version}" ;;
+    *) give_up "Dovecot ${version} found; dovecot-oauth2 supports Dovecot 2.3 (DMS v14/v15) and 2.4 (DMS edge)" ;;
+  esac
 }
 
 main "$@"
