@@ -9,6 +9,7 @@
 use crate::claims::{self, Claims, Identity};
 use crate::config::Settings;
 use crate::errors::{AuthError, Rejection};
+use crate::escape::shown;
 use crate::http::Http;
 use crate::jwks::KeyStore;
 use base64::Engine as _;
@@ -60,11 +61,6 @@ pub fn shape(token: &str) -> Shape<'_> {
     }
     let signed = &token[..header.len() + 1 + payload.len()];
     Shape::Jwt(Ok(Jwt { header: header_json, claims, signed, signature }))
-}
-
-/// A value from the token as logs may show it: short, no control characters.
-fn shown(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// The algorithm the header asks for, if it is one a provider's public key may have signed with.
@@ -217,9 +213,10 @@ mod tests {
 #[cfg(test)]
 mod local_tests {
     use crate::cache::Source;
+    use crate::clock::Clock;
     use crate::config::Settings;
     use crate::errors::{Rejection, Unavailable, Verdict};
-    use crate::lookup::{unix_now, Authenticator};
+    use crate::lookup::Authenticator;
     use crate::testutil::{b64url, jwks, Canned, TestKey, TestServer};
     use jsonwebtoken::Algorithm;
     use serde_json::{json, Value};
@@ -243,19 +240,26 @@ mod local_tests {
         srv
     }
 
+    /// An authenticator on a manual clock: tests about time move it, none sleeps.
+    fn authenticator(text: &str) -> Authenticator {
+        Authenticator::with_clock(Settings::parse(Path::new("t.conf"), text).unwrap(), Clock::manual()).unwrap()
+    }
+
     fn local(srv: &TestServer, extra: &str) -> Authenticator {
-        let text = format!(
+        authenticator(&format!(
             "introspection_mode = local\nopenid_configuration_url = {}\naudience = mail\n{extra}",
             srv.url(DISCOVERY)
-        );
-        Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap()
+        ))
     }
+
+    /// Issued long ago, valid for decades: tests not about time do not depend on the clock.
+    const ISSUED: u64 = 1_700_000_000;
+    const EXPIRES: u64 = 4_102_444_800;
 
     /// Claims a real access token for alice would carry.
     fn claims(srv: &TestServer) -> Value {
-        let now = unix_now();
         json!({"iss": srv.url(""), "aud": "mail", "email": "alice@example.test", "sub": "1",
-               "scope": "openid mail", "iat": now, "exp": now + 300})
+               "scope": "openid mail", "iat": ISSUED, "exp": EXPIRES})
     }
 
     fn with(mut v: Value, key: &str, value: Value) -> Value {
@@ -410,7 +414,7 @@ mod local_tests {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
             let a = local(&srv, "leeway_secs = 60\n");
-            let now = unix_now();
+            let now = a.clock().unix();
             assert_eq!(
                 verdict(&a, &k.sign(&with(claims(&srv), "exp", json!(now - 30)))).await,
                 Verdict::Accept(vec![])
@@ -425,7 +429,8 @@ mod local_tests {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
-            let e = verdict(&local(&srv, ""), &k.sign(&with(claims(&srv), "nbf", json!(unix_now() + 600)))).await;
+            let a = local(&srv, "");
+            let e = verdict(&a, &k.sign(&with(claims(&srv), "nbf", json!(a.clock().unix() + 600)))).await;
             assert!(matches!(rejected(&e), Rejection::NotYetValid(_)), "{e:?}");
         });
     }
@@ -435,7 +440,8 @@ mod local_tests {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
-            let e = verdict(&local(&srv, ""), &k.sign(&with(claims(&srv), "iat", json!(unix_now() + 600)))).await;
+            let a = local(&srv, "");
+            let e = verdict(&a, &k.sign(&with(claims(&srv), "iat", json!(a.clock().unix() + 600)))).await;
             assert!(matches!(rejected(&e), Rejection::IssuedInFuture(_)), "{e:?}");
         });
     }
@@ -657,8 +663,8 @@ mod local_tests {
             let a = local(&srv, "jwks_refetch_min_interval_secs = 1\n");
             assert_eq!(verdict(&a, &old.sign(&claims(&srv))).await, Verdict::Accept(vec![]));
             srv.set("/jwks", Canned::json(200, &jwks(&[&new])));
-            // Providers rotate long after our first fetch; here, just past the refetch interval.
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            // Providers rotate long after our first fetch; here, just at the refetch interval.
+            a.clock().advance(Duration::from_secs(1));
             assert_eq!(verdict(&a, &new.sign(&claims(&srv))).await, Verdict::Accept(vec![]));
             assert_eq!(srv.count("/jwks"), 2);
         });
@@ -683,7 +689,7 @@ mod local_tests {
             let srv = provider(&[&k]).await;
             let a = local(&srv, "jwks_refetch_min_interval_secs = 1\n");
             assert_eq!(verdict(&a, &k.sign(&claims(&srv))).await, Verdict::Accept(vec![]));
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            a.clock().advance(Duration::from_secs(1));
             for i in 0..50 {
                 let forged = k.sign_with(&json!({"alg": "ES256", "kid": format!("forged-{i}")}), &claims(&srv));
                 assert!(matches!(rejected(&verdict(&a, &forged).await), Rejection::UnknownKey(_)));
@@ -703,8 +709,11 @@ mod local_tests {
             let forged = |i: u32| k.sign_with(&json!({"alg": "ES256", "kid": format!("f{i}")}), &claims(&srv));
             verdict(&a, &forged(1)).await;
             assert_eq!(srv.count("/jwks"), 1);
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            a.clock().advance(Duration::from_millis(999));
             verdict(&a, &forged(2)).await;
+            assert_eq!(srv.count("/jwks"), 1);
+            a.clock().advance(Duration::from_millis(1));
+            verdict(&a, &forged(3)).await;
             assert_eq!(srv.count("/jwks"), 2);
         });
     }
@@ -748,8 +757,8 @@ mod local_tests {
             let port = TestServer::closed_port();
             let text =
                 format!("introspection_mode = local\nopenid_configuration_url = http://127.0.0.1:{port}{DISCOVERY}\n");
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
-            let t = k.sign(&json!({"iss": "x", "email": "alice@example.test", "exp": unix_now() + 60}));
+            let a = authenticator(&text);
+            let t = k.sign(&json!({"iss": "x", "email": "alice@example.test", "exp": EXPIRES}));
             let o = a.verify("alice@example.test", t.as_bytes()).await;
             assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::NoKeys { .. })), "{:?}", o.verdict);
         });
@@ -762,8 +771,8 @@ mod local_tests {
             let port = TestServer::closed_port();
             let text =
                 format!("introspection_mode = local\njwks_url = http://127.0.0.1:{port}/jwks\nissuers = https://idp\n");
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
-            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": unix_now() + 60}));
+            let a = authenticator(&text);
+            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": EXPIRES}));
             assert!(matches!(verdict(&a, &t).await, Verdict::TempFail(Unavailable::NoKeys { .. })));
         });
     }
@@ -774,8 +783,8 @@ mod local_tests {
             let k = TestKey::ed25519("e1");
             let srv = TestServer::routes(&[("/keys", Canned::json(200, &jwks(&[&k])))]).await;
             let text = format!("introspection_mode = local\njwks_url = {}\nissuers = https://idp\n", srv.url("/keys"));
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
-            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": unix_now() + 60}));
+            let a = authenticator(&text);
+            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": EXPIRES}));
             assert_eq!(verdict(&a, &t).await, Verdict::Accept(vec![]));
         });
     }
@@ -801,7 +810,7 @@ mod local_tests {
                 a_srv.url(DISCOVERY),
                 b_srv.url(DISCOVERY)
             );
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
+            let a = authenticator(&text);
             assert_eq!(verdict(&a, &ka.sign(&claims(&a_srv))).await, Verdict::Accept(vec![]));
             assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
             // Tenant A's key signing a token that claims tenant B's issuer.
@@ -816,10 +825,11 @@ mod local_tests {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
             let a = local(&srv, "leeway_secs = 0\n");
-            let t = k.sign(&with(claims(&srv), "exp", json!(unix_now() + 1)));
+            let now = a.clock().unix();
+            let t = k.sign(&with(with(claims(&srv), "iat", json!(now)), "exp", json!(now + 1)));
             assert_eq!(verdict(&a, &t).await, Verdict::Accept(vec![]));
             assert_eq!(a.verify("alice@example.test", t.as_bytes()).await.source, Some(Source::Cache));
-            tokio::time::sleep(Duration::from_millis(2100)).await;
+            a.clock().advance(Duration::from_secs(1));
             let o = a.verify("alice@example.test", t.as_bytes()).await;
             assert_eq!(o.source, Some(Source::Provider));
             assert!(matches!(rejected(&o.verdict), Rejection::Expired(_)));
