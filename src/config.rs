@@ -139,6 +139,37 @@ impl Default for Listen {
     }
 }
 
+/// A key set read without discovery, and the one issuer an entry binds it to: its keys verify tokens
+/// of no other issuer. A JWK Set does not say which issuer it serves, so the settings must:
+/// `jwks_url = KEYS_URL=ISSUER`, one entry per issuer (entries naming the same URL share a key set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl {
+    pub url: String,
+    pub issuer: String,
+}
+
+/// Parses `jwks_url`: `KEYS_URL=ISSUER` words, the issuer (an http(s) URL, as OIDC requires) after
+/// the last `=`, so a key set URL may have a query. Errors never show the value (it may come from a
+/// file, or carry credentials): they count entries.
+fn parse_jwks_urls(v: &str) -> Result<Vec<JwksUrl>, String> {
+    let entry = |(n, word): (usize, &str)| {
+        let bound = word.rsplit_once('=').filter(|(url, iss)| !url.is_empty() && is_http_url(iss));
+        let (url, issuer) = bound.ok_or_else(|| {
+            format!(
+                "entry {} does not bind an issuer: each entry is KEYS_URL=ISSUER, the key set's URL, '=' and the \
+                 issuer (an http(s) URL) whose tokens its keys verify",
+                n + 1
+            )
+        })?;
+        Ok(JwksUrl { url: url.to_string(), issuer: issuer.to_string() })
+    };
+    v.split_whitespace().enumerate().map(entry).collect()
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
 /// Everything the settings file can say, with defaults applied.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -182,9 +213,9 @@ pub struct Settings {
     pub cache_max_entries: u64,
     /// Clock skew allowed on exp/nbf/iat.
     pub leeway: Duration,
-    /// `jwks_url`: JWK Set URLs (space separated) read directly, without discovery. Their keys verify
-    /// tokens of any accepted issuer, so `issuers` must be set when they are the only source.
-    pub jwks_url: Vec<String>,
+    /// `jwks_url`: JWK Sets read directly, without discovery, each bound to the issuers whose tokens
+    /// its keys may verify (`KEYS_URL=ISSUER` entries, space separated). Never any other issuer's.
+    pub jwks_url: Vec<JwksUrl>,
     /// `jwks_refetch_min_interval_secs` (default 10): the least time between two fetches of one key
     /// source, so tokens with made-up key ids cannot make us hammer the provider.
     pub jwks_refetch_min_interval: Duration,
@@ -326,7 +357,7 @@ impl Settings {
                 "audience" => s.audience = list(&value),
                 "issuers" => s.issuers = list(&value),
                 "openid_configuration_url" => s.openid_configuration_url = list(&value),
-                "jwks_url" => s.jwks_url = list(&value),
+                "jwks_url" => s.jwks_url = parse_jwks_urls(&value).map_err(invalid)?,
                 "jwks_refetch_min_interval_secs" => {
                     s.jwks_refetch_min_interval = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
                 }
@@ -448,13 +479,27 @@ impl Settings {
                 reason: "introspection_mode = local needs openid_configuration_url or jwks_url".into(),
             });
         }
-        // Keys from a bare JWKS carry no issuer: accepting any `iss` they sign would let every issuer
-        // sharing that key set (or a typo'd URL) log users in. Discovery pins its own issuer.
-        if local && self.openid_configuration_url.is_empty() && self.issuers.is_empty() {
-            return Err(invalid(
-                "jwks_url",
-                "set issuers to the iss value(s) of the tokens (a JWKS does not say which issuer it serves)",
-            ));
+        // Keys verify only the issuers they are bound to. A binding `issuers` refuses is dead; an issuer
+        // listed with no key source at all (no discovery to announce it) could never log anyone in.
+        if !self.issuers.is_empty() {
+            if let Some(n) = self.jwks_url.iter().position(|j| !self.issuers.contains(&j.issuer)) {
+                return Err(invalid(
+                    "jwks_url",
+                    &format!("entry {} binds an issuer that issuers does not list (so its tokens are refused)", n + 1),
+                ));
+            }
+            if local && self.openid_configuration_url.is_empty() {
+                if let Some(n) = self.issuers.iter().position(|i| !self.jwks_url.iter().any(|j| &j.issuer == i)) {
+                    return Err(invalid(
+                        "issuers",
+                        &format!(
+                            "entry {} has no key source: no jwks_url is bound to it (jwks_url = KEYS_URL=ISSUER) \
+                             and there is no openid_configuration_url",
+                            n + 1
+                        ),
+                    ));
+                }
+            }
         }
         if !local && self.tokeninfo_url.is_none() && self.introspection_url.is_none() {
             return Err(ConfigError::Incomplete {
@@ -470,7 +515,7 @@ impl Settings {
                 "tokeninfo_url" => self.tokeninfo_url.iter().collect(),
                 "introspection_url" => self.introspection_url.iter().collect(),
                 "openid_configuration_url" => self.openid_configuration_url.iter().collect(),
-                _ => self.jwks_url.iter().collect(),
+                _ => self.jwks_url.iter().map(|j| &j.url).collect(),
             };
             for url in urls {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -771,21 +816,64 @@ mod tests {
 
     #[test]
     fn several_discovery_urls_and_jwks_urls_are_space_separated() {
-        let s = parse("introspection_mode = local\nopenid_configuration_url = https://a/.well-known/openid-configuration https://b/.well-known/openid-configuration\njwks_url = https://c/keys\n").unwrap();
+        let s = parse("introspection_mode = local\nopenid_configuration_url = https://a/.well-known/openid-configuration https://b/.well-known/openid-configuration\njwks_url = https://c/keys=https://c https://d/keys=https://d\n").unwrap();
         assert_eq!(s.openid_configuration_url.len(), 2);
-        assert_eq!(s.jwks_url, vec!["https://c/keys"]);
+        assert_eq!(s.jwks_url.len(), 2);
     }
 
     #[test]
-    fn jwks_url_alone_needs_pinned_issuers() {
-        let e = parse("introspection_mode = local\njwks_url = https://idp/keys\n").unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { line: 2, ref key, .. } if key == "jwks_url"), "{e}");
-        assert!(parse("introspection_mode = local\njwks_url = https://idp/keys\nissuers = https://idp\n").is_ok());
+    fn jwks_url_binds_its_keys_to_the_issuer_after_the_last_equals_sign() {
+        let s = parse("introspection_mode = local\njwks_url = https://k/keys?tenant=a=https://sts.test/a/\n").unwrap();
+        assert_eq!(
+            s.jwks_url,
+            vec![JwksUrl { url: "https://k/keys?tenant=a".into(), issuer: "https://sts.test/a/".into() }]
+        );
+    }
+
+    #[test]
+    fn jwks_url_without_a_bound_issuer_is_refused_without_echoing_it() {
+        for value in ["https://idp/keys", "https://idp/keys?tenant=secret", "https://idp/keys=", "=https://idp"] {
+            let e =
+                parse(&format!("introspection_mode = local\nissuers = https://idp\njwks_url = {value}\n")).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_url"), "{e}");
+            assert!(e.to_string().contains("KEYS_URL=ISSUER"), "{e}");
+            assert!(!e.to_string().contains("idp") && !e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn jwks_url_alone_needs_no_issuers_key() {
+        let s = parse("introspection_mode = local\njwks_url = https://idp/keys=https://idp\n").unwrap();
+        assert!(s.issuers.is_empty());
+    }
+
+    #[test]
+    fn jwks_url_binding_an_issuer_that_issuers_does_not_list_is_refused() {
+        let e = parse(
+            "introspection_mode = local\nissuers = https://a\njwks_url = https://k=https://a https://k=https://b\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_url"), "{e}");
+        assert!(e.to_string().contains("entry 2"), "{e}");
+    }
+
+    #[test]
+    fn listed_issuer_without_any_key_source_is_refused_when_there_is_no_discovery() {
+        let e = parse("introspection_mode = local\nissuers = https://a https://b\njwks_url = https://k=https://a\n")
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 2, ref key, .. } if key == "issuers"), "{e}");
+        assert!(e.to_string().contains("entry 2 has no key source"), "{e}");
+        // With discovery, an issuer's source is known once the documents are read: checked per login.
+        assert!(parse(
+            "introspection_mode = local\nissuers = https://a https://b\nopenid_configuration_url = https://d\n"
+        )
+        .is_ok());
     }
 
     #[test]
     fn jwks_url_must_be_http_and_names_its_line() {
-        let e = parse("introspection_mode = local\nissuers = x\njwks_url = https://ok/k ftp://bad/k\n").unwrap_err();
+        let e = parse("introspection_mode = local\nissuers = https://x\njwks_url = https://ok/k=https://x ftp://bad/k=https://x\n")
+            .unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_url"), "{e}");
     }
 

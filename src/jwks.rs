@@ -20,6 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 
 /// How long keys are kept when the provider sends no `Cache-Control: max-age`.
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -90,10 +91,13 @@ fn parse_for(alg: Algorithm, key: &DecodingKey) -> Result<ParsedPublicKey, Strin
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which issuers a source's keys verify tokens of: never any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
+    /// A discovery document: the `issuer` it announces.
     Discovery,
-    Jwks,
+    /// A bare key set: the issuers the settings bind to it.
+    Jwks { issuers: Vec<String> },
 }
 
 struct Source {
@@ -102,6 +106,23 @@ struct Source {
     state: Mutex<State>,
     /// Held while fetching, so concurrent logins wait for one fetch instead of each making their own.
     fetching: tokio::sync::Mutex<()>,
+}
+
+impl Source {
+    fn serves(&self, iss: &str) -> bool {
+        match &self.kind {
+            Kind::Discovery => self.state.lock().unwrap().issuer.as_deref() == Some(iss),
+            Kind::Jwks { issuers } => issuers.iter().any(|i| i == iss),
+        }
+    }
+
+    fn never_fetched(&self) -> Option<Unavailable> {
+        let st = self.state.lock().unwrap();
+        st.fetched_at.is_none().then(|| Unavailable::NoKeys {
+            url: redact_url(&self.url),
+            reason: st.last_error.as_ref().map_or("not fetched yet".into(), |e| e.to_string()),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -126,6 +147,23 @@ enum Why {
     UnknownKey,
 }
 
+/// Why the key store has no key for a token.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NoKey {
+    /// No source is bound to the token's issuer (and every discovery document has been read).
+    #[error("no key source is bound to this issuer")]
+    UnboundIssuer,
+    /// The key the token names is in its issuer's set but is not used, with why.
+    #[error("signing key is not usable: {0}")]
+    Unusable(String),
+    /// No key of the issuer's sources has the token's `kid`, even after fetching them again.
+    #[error("no signing key with this kid for this issuer")]
+    UnknownKid,
+    /// A source that may hold the key has never been read.
+    #[error("{0}")]
+    Unavailable(Unavailable),
+}
+
 /// The keys of every configured source, shared by the process.
 pub struct KeyStore {
     sources: Vec<Source>,
@@ -138,18 +176,21 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(s: &Settings, clock: Clock) -> KeyStore {
-        let source = |kind, url: &String| Source {
+        let source = |kind, url: &str| Source {
             kind,
-            url: url.clone(),
+            url: url.to_string(),
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
         };
-        let sources = s
-            .openid_configuration_url
-            .iter()
-            .map(|u| source(Kind::Discovery, u))
-            .chain(s.jwks_url.iter().map(|u| source(Kind::Jwks, u)))
-            .collect();
+        let mut sources: Vec<Source> = s.openid_configuration_url.iter().map(|u| source(Kind::Discovery, u)).collect();
+        // Entries naming one key set share it: one fetch, bound to each of their issuers.
+        for entry in &s.jwks_url {
+            let same = sources.iter_mut().find(|src| src.url == entry.url && matches!(src.kind, Kind::Jwks { .. }));
+            match same {
+                Some(Source { kind: Kind::Jwks { issuers }, .. }) => issuers.push(entry.issuer.clone()),
+                _ => sources.push(source(Kind::Jwks { issuers: vec![entry.issuer.clone()] }, &entry.url)),
+            }
+        }
         KeyStore {
             sources,
             min_interval: s.jwks_refetch_min_interval,
@@ -159,8 +200,44 @@ impl KeyStore {
         }
     }
 
+    /// The keys that may verify a token of issuer `iss` naming `kid` (every key of the issuer when it
+    /// names none): only keys of the sources bound to `iss`, never any other source's. Sources are
+    /// fetched here as needed: when due, and once more when the issuer's keys lack `kid`.
+    pub async fn keys_for(&self, http: &Http, iss: &str, kid: Option<&str>) -> Result<Vec<Arc<VerifyKey>>, NoKey> {
+        self.refresh_due(http).await;
+        let mut bound = self.bound_to(iss);
+        if bound.is_empty() {
+            // A discovery document not read yet may be the one announcing this issuer.
+            return Err(self.unread_discovery().map_or(NoKey::UnboundIssuer, NoKey::Unavailable));
+        }
+        let mut keys = self.keys_of(&bound, kid);
+        if keys.is_empty() {
+            // The provider may have rotated its keys since we fetched them.
+            for &i in &bound {
+                self.refresh(http, i, Why::UnknownKey).await;
+            }
+            bound = self.bound_to(iss);
+            keys = self.keys_of(&bound, kid);
+        }
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
+        // A source never read (one bound to the issuer, or a document that may announce it) may hold it.
+        let unread = bound.iter().find_map(|&i| self.sources[i].never_fetched()).or_else(|| self.unread_discovery());
+        if let Some(u) = unread {
+            return Err(NoKey::Unavailable(u));
+        }
+        if bound.is_empty() {
+            return Err(NoKey::UnboundIssuer);
+        }
+        match kid.and_then(|kid| self.skipped_reason(&bound, kid)) {
+            Some(why) => Err(NoKey::Unusable(why)),
+            None => Err(NoKey::UnknownKid),
+        }
+    }
+
     /// Fetches every source never fetched or whose keys are past their age (each rate limited).
-    pub async fn refresh_due(&self, http: &Http) {
+    async fn refresh_due(&self, http: &Http) {
         for (i, src) in self.sources.iter().enumerate() {
             let due = {
                 let st = src.state.lock().unwrap();
@@ -169,13 +246,6 @@ impl KeyStore {
             if due {
                 self.refresh(http, i, Why::Due).await;
             }
-        }
-    }
-
-    /// Fetches `sources` again because a token names a key they lacked (each rate limited).
-    pub async fn refresh_for_unknown_key(&self, http: &Http, sources: &[usize]) {
-        for &i in sources {
-            self.refresh(http, i, Why::UnknownKey).await;
         }
     }
 
@@ -198,7 +268,7 @@ impl KeyStore {
             st.attempted_at = Some(self.clock.now());
         }
         // A stale pooled connection is retried once by Http::send.
-        let result = fetch(http, src.kind, &src.url, self.max_age_cap).await;
+        let result = fetch(http, src.kind == Kind::Discovery, &src.url, self.max_age_cap).await;
         let mut st = src.state.lock().unwrap();
         match result {
             Ok(f) => {
@@ -223,38 +293,13 @@ impl KeyStore {
         }
     }
 
-    /// Issuers announced by the discovery documents fetched so far.
-    pub fn discovered_issuers(&self) -> Vec<String> {
-        self.sources.iter().filter_map(|s| s.state.lock().unwrap().issuer.clone()).collect()
-    }
-
-    /// Why a discovery source has not told its issuer yet, if one has not.
-    pub fn undiscovered(&self) -> Option<Unavailable> {
-        let indices: Vec<usize> =
-            (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Discovery).collect();
-        self.never_fetched(&indices)
-    }
-
-    /// The sources whose keys may verify a token of `iss`: the discovery documents announcing that
-    /// issuer, plus every `jwks_url`. An issuer listed in `issuers` that no document announces (Entra
-    /// ID's v1 `sts.windows.net` issuer, say) may use every source's keys, but only once every
-    /// document has been read: until then its tenant's keys are not known.
-    pub fn sources_for(&self, iss: &str) -> Result<Vec<usize>, Unavailable> {
-        let bound: Vec<usize> = (0..self.sources.len())
-            .filter(|&i| self.sources[i].state.lock().unwrap().issuer.as_deref() == Some(iss))
-            .collect();
-        if bound.is_empty() {
-            if let Some(u) = self.undiscovered() {
-                return Err(u);
-            }
-            return Ok((0..self.sources.len()).collect());
-        }
-        let unbound = (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Jwks);
-        Ok(bound.into_iter().chain(unbound).collect())
+    /// The sources whose keys may verify tokens of `iss`.
+    fn bound_to(&self, iss: &str) -> Vec<usize> {
+        (0..self.sources.len()).filter(|&i| self.sources[i].serves(iss)).collect()
     }
 
     /// The keys of `sources` named `kid`, or all their keys when the token names none.
-    pub fn keys(&self, sources: &[usize], kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
+    fn keys_of(&self, sources: &[usize], kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
         let mut out = Vec::new();
         for &i in sources {
             let st = self.sources[i].state.lock().unwrap();
@@ -263,24 +308,17 @@ impl KeyStore {
         out
     }
 
-    /// Why `kid` is in a key set but not used (wrong `use`, weak RSA...), if it is.
-    pub fn skipped_reason(&self, sources: &[usize], kid: &str) -> Option<String> {
+    /// Why `kid` is in one of `sources`' key sets but not used (wrong `use`, weak RSA...), if it is.
+    fn skipped_reason(&self, sources: &[usize], kid: &str) -> Option<String> {
         sources.iter().find_map(|&i| {
             let st = self.sources[i].state.lock().unwrap();
             st.skipped.iter().find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, why)| why.clone())
         })
     }
 
-    /// The first of `sources` that has never been fetched successfully, as a temporary failure.
-    pub fn never_fetched(&self, sources: &[usize]) -> Option<Unavailable> {
-        sources.iter().find_map(|&i| {
-            let src = &self.sources[i];
-            let st = src.state.lock().unwrap();
-            st.fetched_at.is_none().then(|| Unavailable::NoKeys {
-                url: redact_url(&src.url),
-                reason: st.last_error.as_ref().map_or("not fetched yet".into(), |e| e.to_string()),
-            })
-        })
+    /// Why a discovery document has not told its issuer yet, if one has not.
+    fn unread_discovery(&self) -> Option<Unavailable> {
+        self.sources.iter().filter(|s| s.kind == Kind::Discovery).find_map(Source::never_fetched)
     }
 
     /// Notes collected since the last call, for the log.
@@ -296,24 +334,24 @@ struct Fetched {
     max_age: Duration,
 }
 
-async fn fetch(http: &Http, kind: Kind, url: &str, cap: Duration) -> Result<Fetched, Unavailable> {
-    let (issuer, jwks_url) = match kind {
-        Kind::Discovery => {
-            let (doc, _) = get_json(http, url).await?;
-            let bad = |reason: &str| Unavailable::BadReply { url: redact_url(url), reason: reason.into() };
-            let issuer = doc
-                .get("issuer")
-                .and_then(Value::as_str)
-                .filter(|i| !i.is_empty())
-                .ok_or_else(|| bad("discovery document has no issuer"))?;
-            let jwks = doc
-                .get("jwks_uri")
-                .and_then(Value::as_str)
-                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-                .ok_or_else(|| bad("discovery document has no http(s) jwks_uri"))?;
-            (Some(issuer.to_string()), jwks.to_string())
-        }
-        Kind::Jwks => (None, url.to_string()),
+/// Fetches a source: a discovery document and the key set it names, or a key set.
+async fn fetch(http: &Http, discovery: bool, url: &str, cap: Duration) -> Result<Fetched, Unavailable> {
+    let (issuer, jwks_url) = if discovery {
+        let (doc, _) = get_json(http, url).await?;
+        let bad = |reason: &str| Unavailable::BadReply { url: redact_url(url), reason: reason.into() };
+        let issuer = doc
+            .get("issuer")
+            .and_then(Value::as_str)
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| bad("discovery document has no issuer"))?;
+        let jwks = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            .ok_or_else(|| bad("discovery document has no http(s) jwks_uri"))?;
+        (Some(issuer.to_string()), jwks.to_string())
+    } else {
+        (None, url.to_string())
     };
     let (set, cache_control) = get_json(http, &jwks_url).await?;
     let Some(Value::Array(list)) = set.get("keys") else {
@@ -495,7 +533,7 @@ mod tests {
     }
 
     fn store_for(jwks_url: &str) -> (KeyStore, Http) {
-        let text = format!("introspection_mode = local\njwks_url = {jwks_url}\nissuers = https://idp\n");
+        let text = format!("introspection_mode = local\njwks_url = {jwks_url}=https://idp\n");
         let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
         (KeyStore::new(&s, Clock::manual()), Http::new(&s, Default::default(), Clock::manual()).unwrap())
     }
@@ -516,7 +554,7 @@ mod tests {
             let (store, http) = store_for(&srv.url("/k"));
             store.refresh_due(&http).await;
             assert_eq!(store.sources[0].state.lock().unwrap().max_age, Duration::from_secs(120));
-            assert_eq!(store.keys(&[0], Some("e1")).len(), 1);
+            assert_eq!(store.keys_for(&http, "https://idp", Some("e1")).await.unwrap().len(), 1);
         });
     }
 
@@ -547,7 +585,7 @@ mod tests {
                 TestServer::routes(&[("/k", Canned::json(200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#))]).await;
             let (store, http) = store_for(&srv.url("/k"));
             store.refresh_due(&http).await;
-            let u = store.never_fetched(&[0]).unwrap();
+            let u = store.sources[0].never_fetched().unwrap();
             assert!(u.to_string().contains("no usable signing key"), "{u}");
         });
     }

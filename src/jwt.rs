@@ -3,15 +3,17 @@
 //! that key allows (never one the token alone asks for), then the claims go through the same rules as
 //! every other mode ([`claims::check`]).
 //!
-//! Issuer rule: with `issuers` set, exactly those `iss` values are accepted; without it, the issuers
-//! announced by the `openid_configuration_url` documents. `iss` is required either way.
+//! Issuer rule: `iss` is required, and a token is checked only with the keys of the sources bound to
+//! its issuer: a discovery document's keys verify the `issuer` it announces, a `jwks_url`'s keys the
+//! issuers its entries name (`KEYS_URL=ISSUER`). An issuer no source is bound to is refused; there is
+//! no fallback to other sources' keys. With `issuers` set, only those of the bound issuers are accepted.
 
 use crate::claims::{self, Claims, Identity};
 use crate::config::Settings;
-use crate::errors::{AuthError, Rejection};
+use crate::errors::{AuthError, ConfigError, Rejection, Unavailable};
 use crate::escape::shown;
 use crate::http::Http;
-use crate::jwks::KeyStore;
+use crate::jwks::{KeyStore, NoKey};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_json::{Map, Value};
@@ -94,6 +96,29 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     Ok(parsed)
 }
 
+/// What a login is told when the key store has no key for its token.
+fn no_key(s: &Settings, iss: &str, kid: Option<&str>, e: NoKey) -> AuthError {
+    let kid = shown(kid.unwrap_or("(none named)"));
+    match e {
+        // An issuer the admin listed, that no source serves: their settings, not the user's token.
+        NoKey::UnboundIssuer if s.issuers.iter().any(|i| i == iss) => Unavailable::Settings(ConfigError::Incomplete {
+            path: s.path.clone(),
+            reason: format!(
+                "token issuer '{}' is in issuers, but no key source is bound to it: no openid_configuration_url \
+                 announces it and no jwks_url names it (jwks_url = KEYS_URL=ISSUER)",
+                shown(iss)
+            ),
+        })
+        .into(),
+        NoKey::UnboundIssuer => Rejection::WrongIssuer(shown(iss)).into(),
+        NoKey::Unusable(why) => {
+            Rejection::Invalid(format!("signing key '{kid}' is not usable: {}", shown(&why))).into()
+        }
+        NoKey::UnknownKid => Rejection::UnknownKey(kid).into(),
+        NoKey::Unavailable(u) => u.into(),
+    }
+}
+
 /// Verifies a JWT for `login_user`. Key fetches happen here, lazily; a `jku`, `x5u` or embedded `jwk`
 /// in the header is never used: keys only come from the configured sources.
 pub async fn validate(
@@ -117,31 +142,7 @@ pub async fn validate(
     if !s.issuers.is_empty() && !s.issuers.contains(iss) {
         return Err(Rejection::WrongIssuer(shown(iss)).into());
     }
-    keys.refresh_due(http).await;
-    if s.issuers.is_empty() && !keys.discovered_issuers().contains(iss) {
-        // A discovery document not read yet may be the one announcing this issuer.
-        if let Some(u) = keys.undiscovered() {
-            return Err(u.into());
-        }
-        return Err(Rejection::WrongIssuer(shown(iss)).into());
-    }
-    let sources = keys.sources_for(iss)?;
-    let mut candidates = keys.keys(&sources, kid);
-    if candidates.is_empty() {
-        // The provider may have rotated its keys since we fetched them.
-        keys.refresh_for_unknown_key(http, &sources).await;
-        candidates = keys.keys(&sources, kid);
-    }
-    if candidates.is_empty() {
-        if let Some(u) = keys.never_fetched(&sources) {
-            return Err(u.into());
-        }
-        let kid = kid.unwrap_or("(none named)");
-        if let Some(why) = keys.skipped_reason(&sources, kid) {
-            return Err(Rejection::Invalid(format!("signing key '{}' is not usable: {why}", shown(kid))).into());
-        }
-        return Err(Rejection::UnknownKey(shown(kid)).into());
-    }
+    let candidates = keys.keys_for(http, iss, kid).await.map_err(|e| no_key(s, iss, kid, e))?;
     let usable: Vec<_> = candidates.iter().filter(|k| k.allows(alg)).collect();
     if usable.is_empty() {
         return Err(Rejection::KeyAlgorithmMismatch {
@@ -477,11 +478,18 @@ mod local_tests {
     }
 
     #[test]
-    fn pinned_issuers_replace_the_discovered_one_and_refuse_before_any_fetch() {
+    fn pinned_issuers_refuse_other_issuers_before_any_fetch() {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
-            let a = local(&srv, "issuers = https://idp.example.test\n");
+            // The pinned issuer is announced by no document: its key set is bound to it explicitly.
+            let a = local(
+                &srv,
+                &format!(
+                    "issuers = https://idp.example.test\njwks_url = {}=https://idp.example.test\n",
+                    srv.url("/jwks")
+                ),
+            );
             assert!(matches!(rejected(&verdict(&a, &k.sign(&claims(&srv))).await), Rejection::WrongIssuer(_)));
             assert!(srv.requests().is_empty());
             let pinned = k.sign(&with(claims(&srv), "iss", json!("https://idp.example.test")));
@@ -765,12 +773,11 @@ mod local_tests {
     }
 
     #[test]
-    fn jwks_url_with_pinned_issuers_down_from_the_start_is_a_temporary_failure() {
+    fn jwks_url_down_from_the_start_is_a_temporary_failure() {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let port = TestServer::closed_port();
-            let text =
-                format!("introspection_mode = local\njwks_url = http://127.0.0.1:{port}/jwks\nissuers = https://idp\n");
+            let text = format!("introspection_mode = local\njwks_url = http://127.0.0.1:{port}/jwks=https://idp\n");
             let a = authenticator(&text);
             let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": EXPIRES}));
             assert!(matches!(verdict(&a, &t).await, Verdict::TempFail(Unavailable::NoKeys { .. })));
@@ -778,14 +785,16 @@ mod local_tests {
     }
 
     #[test]
-    fn jwks_url_with_pinned_issuers_accepts_without_discovery() {
+    fn jwks_url_bound_to_an_issuer_accepts_its_tokens_without_discovery() {
         rt().block_on(async {
             let k = TestKey::ed25519("e1");
             let srv = TestServer::routes(&[("/keys", Canned::json(200, &jwks(&[&k])))]).await;
-            let text = format!("introspection_mode = local\njwks_url = {}\nissuers = https://idp\n", srv.url("/keys"));
+            let text = format!("introspection_mode = local\njwks_url = {}=https://idp\n", srv.url("/keys"));
             let a = authenticator(&text);
             let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": EXPIRES}));
             assert_eq!(verdict(&a, &t).await, Verdict::Accept(vec![]));
+            let other = k.sign(&json!({"iss": "https://other", "email": "alice@example.test", "exp": EXPIRES}));
+            assert_eq!(rejected(&verdict(&a, &other).await), &Rejection::WrongIssuer("https://other".into()));
         });
     }
 
@@ -816,6 +825,92 @@ mod local_tests {
             // Tenant A's key signing a token that claims tenant B's issuer.
             let e = verdict(&a, &ka.sign(&claims(&b_srv))).await;
             assert_eq!(rejected(&e), &Rejection::UnknownKey("a".into()));
+        });
+    }
+
+    /// Two tenants on loopback, each with its own discovery document and issuer, both signing with a
+    /// key named "k": only the key set a token's issuer is bound to can tell them apart.
+    async fn two_tenants() -> ((TestKey, TestServer), (TestKey, TestServer)) {
+        let (ka, kb) = (TestKey::es256("k"), TestKey::es256("k"));
+        let (a, b) = (provider(&[&ka]).await, provider(&[&kb]).await);
+        ((ka, a), (kb, b))
+    }
+
+    fn tenants_settings(a: &TestServer, b: &TestServer, extra: &str) -> String {
+        format!(
+            "introspection_mode = local\naudience = mail\nopenid_configuration_url = {} {}\n{extra}",
+            a.url(DISCOVERY),
+            b.url(DISCOVERY)
+        )
+    }
+
+    const ALIAS: &str = "https://sts.alias.test/tenant-a/";
+
+    #[test]
+    fn listed_issuer_that_no_document_announces_is_verified_by_no_tenants_keys() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            // The README's old Entra recipe: an `issuers` entry no discovery document announces.
+            let issuers = format!("issuers = {} {} {ALIAS}\n", a_srv.url(""), b_srv.url(""));
+            let a = authenticator(&tenants_settings(&a_srv, &b_srv, &issuers));
+            let alias = |k: &TestKey| k.sign(&with(claims(&a_srv), "iss", json!(ALIAS)));
+            for key in [&kb, &ka] {
+                let v = verdict(&a, &alias(key)).await;
+                assert!(matches!(&v, Verdict::TempFail(Unavailable::Settings(_))), "{v:?}");
+                assert!(v_text(&v).contains("no key source is bound to it"), "{v:?}");
+            }
+            // Each tenant's own tokens still work.
+            assert_eq!(verdict(&a, &ka.sign(&claims(&a_srv))).await, Verdict::Accept(vec![]));
+            assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
+        });
+    }
+
+    fn v_text(v: &Verdict) -> String {
+        match v {
+            Verdict::Accept(_) => "accepted".into(),
+            Verdict::Reject(r) => r.to_string(),
+            Verdict::TempFail(u) => u.to_string(),
+        }
+    }
+
+    #[test]
+    fn another_tenants_key_under_the_same_kid_does_not_verify_this_tenants_issuer() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            let a = authenticator(&tenants_settings(&a_srv, &b_srv, ""));
+            assert_eq!(rejected(&verdict(&a, &kb.sign(&claims(&a_srv))).await), &Rejection::BadSignature);
+            assert_eq!(rejected(&verdict(&a, &ka.sign(&claims(&b_srv))).await), &Rejection::BadSignature);
+        });
+    }
+
+    #[test]
+    fn alias_bound_to_a_jwks_url_is_verified_only_by_that_key_set() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            let bind = format!("jwks_url = {}={ALIAS}\n", a_srv.url("/jwks"));
+            let a = authenticator(&tenants_settings(&a_srv, &b_srv, &bind));
+            let alias = |k: &TestKey| k.sign(&with(claims(&a_srv), "iss", json!(ALIAS)));
+            assert_eq!(verdict(&a, &alias(&ka)).await, Verdict::Accept(vec![]));
+            assert_eq!(rejected(&verdict(&a, &alias(&kb)).await), &Rejection::BadSignature);
+            assert_eq!(rejected(&verdict(&a, &kb.sign(&claims(&a_srv))).await), &Rejection::BadSignature);
+            assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
+        });
+    }
+
+    #[test]
+    fn jwks_url_keys_do_not_verify_tokens_of_a_discovered_issuer() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            let text = format!(
+                "introspection_mode = local\naudience = mail\nopenid_configuration_url = {}\njwks_url = {}={}\n",
+                a_srv.url(DISCOVERY),
+                b_srv.url("/jwks"),
+                b_srv.url("")
+            );
+            let a = authenticator(&text);
+            assert_eq!(rejected(&verdict(&a, &kb.sign(&claims(&a_srv))).await), &Rejection::BadSignature);
+            assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
+            assert_eq!(verdict(&a, &ka.sign(&claims(&a_srv))).await, Verdict::Accept(vec![]));
         });
     }
 
