@@ -34,12 +34,33 @@ pub fn claim_text(claims: &Claims, name: &str) -> Option<String> {
     }
 }
 
-fn claim_u64(claims: &Claims, name: &str) -> Option<u64> {
-    match claims.get(name)? {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
+/// The latest time a time claim may name: 9999-12-31T23:59:59Z. Beyond it a value is a mistake
+/// (milliseconds instead of seconds, say), not a date, and would make a token valid forever.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// A time claim (`exp`, `nbf`, `iat`): `Ok(Some(seconds))` when present, `Ok(None)` when absent
+/// (or null, as some serializers write absent fields), and a refusal when it is anything but a
+/// non-negative number of seconds: RFC 7519's NumericDate, fractions allowed (rounded down), or
+/// those digits as a string (introspection replies that send every field as text). A malformed
+/// claim never counts as absent.
+pub fn time_claim(claims: &Claims, name: &'static str) -> Result<Option<u64>, Rejection> {
+    let malformed = Rejection::MalformedClaim(name);
+    let seconds = match claims.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(u) => u,
+            // Finite (JSON has no NaN or infinity), maybe negative or fractional.
+            None => n.as_f64().filter(|f| *f >= 0.0 && *f <= MAX_NUMERIC_DATE as f64).ok_or(malformed.clone())? as u64,
+        },
+        Some(Value::String(t)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse().map_err(|_| malformed.clone())?
+        }
+        Some(_) => return Err(malformed),
+    };
+    if seconds > MAX_NUMERIC_DATE {
+        return Err(malformed);
     }
+    Ok(Some(seconds))
 }
 
 /// Applies every rule to the provider's claims for `login_user`, in the order an admin would debug them.
@@ -51,19 +72,19 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
         }
     }
     let leeway = settings.leeway.as_secs();
-    let expires_at = claim_u64(claims, "exp");
+    let expires_at = time_claim(claims, "exp")?;
     if let Some(exp) = expires_at {
         if exp.saturating_add(leeway) <= now {
             return Err(Rejection::Expired(now - exp));
         }
     }
-    if let Some(nbf) = claim_u64(claims, "nbf") {
+    if let Some(nbf) = time_claim(claims, "nbf")? {
         if nbf > now.saturating_add(leeway) {
             return Err(Rejection::NotYetValid(nbf - now));
         }
     }
     // A token minted in the future means a clock far off or a forged token.
-    if let Some(iat) = claim_u64(claims, "iat") {
+    if let Some(iat) = time_claim(claims, "iat")? {
         if iat > now.saturating_add(leeway) {
             return Err(Rejection::IssuedInFuture(iat - now));
         }
@@ -296,6 +317,49 @@ mod tests {
         assert_eq!(expand_template("%{oauth2:missing:1G}", "q", &c), "1G");
         assert_eq!(expand_template("%$", "groups", &c), "a b");
         assert_eq!(expand_template("host=%{rip}", "x", &c), "host=%{rip}");
+    }
+
+    #[test]
+    fn malformed_time_claims_are_refused_not_ignored() {
+        let s = settings("");
+        for name in ["exp", "nbf", "iat"] {
+            for bad in [
+                json!(-1),
+                json!(-0.5),
+                json!(-1_700_000_000i64),
+                json!("soon"),
+                json!("-5"),
+                json!("1e9"),
+                json!(""),
+                json!(true),
+                json!([NOW + 60]),
+                json!({"t": NOW}),
+                json!(1e300),
+                json!(MAX_NUMERIC_DATE + 1),
+            ] {
+                let c = claims(json!({name: bad, "email": "a@x"}));
+                assert_eq!(check(&s, &c, "a@x", NOW), Err(Rejection::MalformedClaim(name)), "{name} = {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_dates_may_be_fractional_or_digit_strings_and_null_is_absent() {
+        let s = settings("");
+        let id = check(&s, &claims(json!({"exp": (NOW + 60) as f64 + 0.75, "email": "a@x"})), "a@x", NOW).unwrap();
+        assert_eq!(id.expires_at, Some(NOW + 60));
+        let id = check(&s, &claims(json!({"exp": (NOW + 60).to_string(), "email": "a@x"})), "a@x", NOW).unwrap();
+        assert_eq!(id.expires_at, Some(NOW + 60));
+        let id = check(&s, &claims(json!({"exp": null, "nbf": null, "email": "a@x"})), "a@x", NOW).unwrap();
+        assert_eq!(id.expires_at, None);
+    }
+
+    #[test]
+    fn time_claim_reader_has_three_outcomes() {
+        let c = claims(json!({"exp": NOW, "bad": -3}));
+        assert_eq!(time_claim(&c, "exp"), Ok(Some(NOW)));
+        assert_eq!(time_claim(&c, "nbf"), Ok(None));
+        assert_eq!(time_claim(&c, "bad"), Err(Rejection::MalformedClaim("bad")));
     }
 
     #[test]

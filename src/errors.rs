@@ -71,6 +71,8 @@ pub enum Rejection {
     BadSignature,
     #[error("token has no '{0}' claim")]
     MissingClaim(&'static str),
+    #[error("token claim '{0}' is not a time (a non-negative number of seconds since 1970, before year 10000)")]
+    MalformedClaim(&'static str),
     #[error("token is issued {0} s in the future (iat)")]
     IssuedInFuture(u64),
     #[error("opaque token and no introspection_url for non-JWT tokens")]
@@ -103,6 +105,7 @@ impl Rejection {
             Rejection::KeyAlgorithmMismatch { .. } => "key_algorithm_mismatch",
             Rejection::BadSignature => "bad_signature",
             Rejection::MissingClaim(_) => "missing_claim",
+            Rejection::MalformedClaim(_) => "malformed_claim",
             Rejection::IssuedInFuture(_) => "issued_in_future",
             Rejection::Opaque => "opaque",
         }

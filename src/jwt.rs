@@ -159,7 +159,7 @@ pub async fn validate(
         return Err(Rejection::BadSignature.into());
     }
     // A locally checked token cannot be revoked: it must say when it ends (RFC 9068 requires exp).
-    if !matches!(jwt.claims.get("exp"), Some(Value::Number(_))) {
+    if claims::time_claim(&jwt.claims, "exp")?.is_none() {
         return Err(Rejection::MissingClaim("exp").into());
     }
     Ok(claims::check(s, &jwt.claims, login_user, now)?)
@@ -454,6 +454,36 @@ mod local_tests {
             let srv = provider(&[&k]).await;
             let e = verdict(&local(&srv, ""), &k.sign(&without(claims(&srv), "exp"))).await;
             assert_eq!(rejected(&e), &Rejection::MissingClaim("exp"));
+        });
+    }
+
+    #[test]
+    fn token_with_a_negative_or_malformed_exp_is_rejected() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = provider(&[&k]).await;
+            let a = local(&srv, "");
+            for bad in [json!(-1), json!(-4_102_444_800i64), json!("never"), json!(true), json!(1e300)] {
+                let e = verdict(&a, &k.sign(&with(claims(&srv), "exp", bad.clone()))).await;
+                assert_eq!(rejected(&e), &Rejection::MalformedClaim("exp"), "exp = {bad}");
+            }
+            let e = verdict(&a, &k.sign(&with(claims(&srv), "exp", json!(null)))).await;
+            assert_eq!(rejected(&e), &Rejection::MissingClaim("exp"));
+        });
+    }
+
+    #[test]
+    fn introspection_reply_with_a_malformed_exp_is_rejected() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = provider(&[&k]).await;
+            let reply = r#"{"active":true,"email":"alice@example.test","aud":"mail","exp":"tomorrow"}"#;
+            srv.set("/introspect", Canned::json(200, reply));
+            let a = local(
+                &srv,
+                &format!("introspection_url = {}\nclient_id = dovecot\nclient_secret = s\n", srv.url("/introspect")),
+            );
+            assert_eq!(rejected(&verdict(&a, "opaque-token").await), &Rejection::MalformedClaim("exp"));
         });
     }
 
