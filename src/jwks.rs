@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::errors::Unavailable;
 use crate::http::{redact_url, Http};
 use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::{Map, Value};
@@ -458,8 +459,31 @@ pub fn parse_jwk(v: &Value) -> Result<VerifyKey, String> {
             _ => format!("{key_type} key has the wrong length"),
         });
     }
+    if let ("OKP Ed25519", DecodingKeyKind::SecretOrDer(x)) = (key_type, key.kind()) {
+        check_ed25519_point(x)?;
+    }
     let verifiers = algorithms.iter().map(|&alg| Ok((alg, parse_for(alg, &key)?))).collect::<Result<_, String>>()?;
     Ok(VerifyKey { kid, key_type, verifiers })
+}
+
+/// Refuses Ed25519 public keys no private key can have: aws-lc checks none of this, and with a
+/// small-order key (the identity point, say) a signature verifies for any message. The point must
+/// decode (RFC 8032 5.1.3), be written canonically (y < p, so one key has one encoding), have no
+/// small-order part (an honest key is a multiple of the prime-order base point).
+fn check_ed25519_point(x: &[u8]) -> Result<(), String> {
+    let bytes: [u8; 32] = x.try_into().map_err(|_| "OKP Ed25519 key has the wrong length")?;
+    let encoded = CompressedEdwardsY(bytes);
+    let point = encoded.decompress().ok_or("OKP Ed25519 key is not a point of the curve")?;
+    if point.compress() != encoded {
+        return Err("OKP Ed25519 key is not canonically encoded (y >= p)".into());
+    }
+    if point.is_small_order() {
+        return Err("OKP Ed25519 key is a small-order point, for which signatures can be forged".into());
+    }
+    if !point.is_torsion_free() {
+        return Err("OKP Ed25519 key has a small-order component, which no private key gives".into());
+    }
+    Ok(())
 }
 
 fn rsa_bits(n: &[u8]) -> usize {
@@ -530,6 +554,54 @@ mod tests {
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xffu8; 128]);
         let e = parse_jwk(&json!({"kty": "RSA", "n": n, "e": "AQAB"})).unwrap_err();
         assert!(e.contains("1024 bits"), "{e}");
+    }
+
+    fn ed25519_jwk(x: &[u8]) -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "x": crate::testutil::b64url(x), "kid": "weak"})
+    }
+
+    #[test]
+    fn small_order_ed25519_keys_are_skipped() {
+        // The eight points of order dividing 8, the identity first: with one of them as the public
+        // key, a signature that verifies for any message is easy to make.
+        for point in curve25519_dalek::constants::EIGHT_TORSION {
+            let e = parse_jwk(&ed25519_jwk(point.compress().as_bytes())).unwrap_err();
+            assert!(e.contains("small-order"), "{e}");
+        }
+    }
+
+    #[test]
+    fn non_canonical_ed25519_key_encodings_are_skipped() {
+        // y + p for y < 19: the point of y, written with y out of range (RFC 8032 5.1.3: y < p).
+        let mut p = [0xffu8; 32];
+        (p[0], p[31]) = (0xed, 0x7f);
+        let mut large_order = 0;
+        for y in 0..19u8 {
+            let mut encoded = p;
+            encoded[0] += y;
+            let point = curve25519_dalek::edwards::CompressedEdwardsY(encoded).decompress();
+            large_order += point.is_some_and(|pt| !pt.is_small_order()) as usize;
+            assert!(parse_jwk(&ed25519_jwk(&encoded)).is_err(), "y = p + {y}");
+        }
+        // Some of them are points of large order: refused for their encoding alone.
+        assert!(large_order > 0);
+    }
+
+    #[test]
+    fn ed25519_key_with_a_small_order_component_is_skipped() {
+        let honest = curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+        assert!(parse_jwk(&ed25519_jwk(honest.compress().as_bytes())).is_ok());
+        let mixed = honest + curve25519_dalek::constants::EIGHT_TORSION[1];
+        assert!(parse_jwk(&ed25519_jwk(mixed.compress().as_bytes())).unwrap_err().contains("small-order component"));
+    }
+
+    #[test]
+    fn ed25519_key_that_is_not_a_point_is_skipped() {
+        // y = 2: (y^2 - 1) / (d y^2 + 1) has no square root mod p.
+        let mut encoded = [0u8; 32];
+        encoded[0] = 2;
+        assert!(curve25519_dalek::edwards::CompressedEdwardsY(encoded).decompress().is_none());
+        assert!(parse_jwk(&ed25519_jwk(&encoded)).unwrap_err().contains("not a point"));
     }
 
     fn store_for(jwks_url: &str) -> (KeyStore, Http) {

@@ -410,6 +410,34 @@ mod local_tests {
     }
 
     #[test]
+    fn identity_point_ed25519_key_does_not_verify_a_forged_signature() {
+        rt().block_on(async {
+            let good = TestKey::es256("good");
+            let srv = provider(&[&good]).await;
+            // The identity point as a published key: [S]B = R + [k]A holds for S = 0, R = identity,
+            // whatever the message.
+            let identity = {
+                let mut y = [0u8; 32];
+                y[0] = 1;
+                y
+            };
+            let weak = json!({"kty": "OKP", "crv": "Ed25519", "kid": "weak", "x": b64url(&identity)});
+            srv.set("/jwks", Canned::json(200, &json!({"keys": [good.jwk, weak]}).to_string()));
+            let signed = format!(
+                "{}.{}",
+                b64url(br#"{"alg":"EdDSA","kid":"weak"}"#),
+                b64url(claims(&srv).to_string().as_bytes())
+            );
+            let forged = format!("{signed}.{}", b64url(&[&identity[..], &[0u8; 32]].concat()));
+            let e = verdict(&local(&srv, ""), &forged).await;
+            assert!(
+                matches!(rejected(&e), Rejection::Invalid(why) if why.contains("'weak' is not usable") && why.contains("small-order")),
+                "{e:?}"
+            );
+        });
+    }
+
+    #[test]
     fn expired_token_is_rejected_after_the_leeway() {
         rt().block_on(async {
             let k = TestKey::es256("e1");
