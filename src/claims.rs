@@ -141,12 +141,13 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
     Ok(Identity { expires_at, fields })
 }
 
-/// Checks a `pass_attrs` template when the settings are read, so a typo is a settings error.
-pub fn check_template(t: &str) -> Result<(), String> {
+/// Checks a `pass_attrs` template when the settings are read, so a typo is a settings error. The
+/// reason does not show the template (it may have been read from a file).
+pub fn check_template(t: &str) -> Result<(), &'static str> {
     let mut rest = t;
     while let Some(i) = rest.find("%{") {
         let after = &rest[i + 2..];
-        let end = after.find('}').ok_or_else(|| format!("'{t}' has an unclosed %{{"))?;
+        let end = after.find('}').ok_or("has an unclosed %{")?;
         rest = &after[end + 1..];
     }
     Ok(())

@@ -75,10 +75,10 @@ impl UsernameFormat {
                         "user" => UserVar::User,
                         "username" => UserVar::Name,
                         "domain" => UserVar::Domain,
-                        other => return Err(format!("unsupported variable %{{{other}}} (use %u, %n, %d)")),
+                        _ => return Err("has an unsupported %{...} variable (use %u, %n, %d)".into()),
                     }
                 }
-                other => return Err(format!("unsupported variable %{other} (use %u, %n, %d)")),
+                _ => return Err("has an unsupported % variable (use %u, %n, %d)".into()),
             };
             if !lit.is_empty() {
                 parts.push(FormatPart::Literal(std::mem::take(&mut lit)));
@@ -323,9 +323,17 @@ impl Settings {
         for (idx, raw) in text.lines().enumerate() {
             let line = idx + 1;
             let Some((key, value)) = split_line(path, line, raw)? else { continue };
-            let value = resolve_value(path, line, &key, value)?;
-            let invalid =
-                |reason: String| ConfigError::Invalid { path: path.to_owned(), line, key: key.clone(), reason };
+            // Reasons never include the value: it may be a secret read from a file.
+            let (value, from_file) = resolve_value(path, line, &key, value)?;
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                key: key.clone(),
+                reason: match &from_file {
+                    Some(file) => format!("value read from {}: {reason}", file.display()),
+                    None => reason,
+                },
+            };
             let opt = |v: &str| if v.is_empty() { None } else { Some(v.to_string()) };
             let list = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
             match key.as_str() {
@@ -337,7 +345,7 @@ impl Settings {
                         "get" => IntrospectionMode::Get,
                         "post" => IntrospectionMode::Post,
                         "local" => IntrospectionMode::Local,
-                        other => return Err(invalid(format!("'{other}' is not one of auth, get, post, local"))),
+                        _ => return Err(invalid("is not one of auth, get, post, local".into())),
                     }
                 }
                 "force_introspection" => s.force_introspection = parse_bool(&value).map_err(invalid)?,
@@ -626,41 +634,45 @@ fn split_line(path: &Path, line: usize, raw: &str) -> Result<Option<(String, Str
     Ok(Some((key.to_string(), value.to_string())))
 }
 
-/// `key = <file` reads the value from a file (as Dovecot does), handy for client_secret.
-fn resolve_value(path: &Path, line: usize, key: &str, value: String) -> Result<String, ConfigError> {
-    let Some(file) = value.strip_prefix('<') else { return Ok(value) };
+/// `key = <file` reads the value from a file (as Dovecot does), handy for client_secret. Returns the
+/// file too: errors about such a value name it, and never show the value.
+fn resolve_value(path: &Path, line: usize, key: &str, value: String) -> Result<(String, Option<PathBuf>), ConfigError> {
+    let Some(file) = value.strip_prefix('<') else { return Ok((value, None)) };
     let file = Path::new(file.trim());
     let file = if file.is_relative() { path.parent().unwrap_or(Path::new("/")).join(file) } else { file.to_owned() };
-    std::fs::read_to_string(&file).map(|s| s.trim().to_string()).map_err(|e| ConfigError::Invalid {
-        path: path.to_owned(),
-        line,
-        key: key.to_string(),
-        reason: format!("cannot read {}: {e}", file.display()),
-    })
+    match std::fs::read_to_string(&file) {
+        Ok(text) => Ok((text.trim().to_string(), Some(file))),
+        Err(e) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            key: key.to_string(),
+            reason: format!("cannot read {}: {e}", file.display()),
+        }),
+    }
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "yes" | "y" | "true" | "1" => Ok(true),
         "no" | "n" | "false" | "0" | "" => Ok(false),
-        other => Err(format!("'{other}' is not yes or no")),
+        _ => Err("is not yes or no".into()),
     }
 }
 
 fn parse_uint(v: &str) -> Result<u64, String> {
-    v.parse::<u64>().map_err(|_| format!("'{v}' is not a whole number"))
+    v.parse::<u64>().map_err(|_| "is not a whole number".into())
 }
 
 /// `pass_attrs` is Dovecot's passdb-template syntax: space-separated `field=template` words
 /// (a bare `field` means `field=`).
 fn parse_pass_attrs(v: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    for word in v.split_whitespace() {
+    for (n, word) in v.split_whitespace().enumerate() {
         let (k, t) = word.split_once('=').unwrap_or((word, ""));
         if k.is_empty() {
-            return Err(format!("'{word}' has no field name"));
+            return Err(format!("word {} has no field name", n + 1));
         }
-        crate::claims::check_template(t)?;
+        crate::claims::check_template(t).map_err(|why| format!("the template of word {} {why}", n + 1))?;
         out.push((k.to_string(), t.to_string()));
     }
     Ok(out)
@@ -779,6 +791,40 @@ mod tests {
         std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
         let s = Settings::parse(&dir.join("x.conf"), "introspection_url = https://idp/i\nintrospection_mode = post\nclient_id = dovecot\nclient_secret = <secret\n").unwrap();
         assert_eq!(s.client_secret.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn value_read_from_a_file_is_never_echoed_in_settings_errors() {
+        let dir = std::env::temp_dir().join(format!("o2echo{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bad"), "s3cr3t%x =\n").unwrap();
+        std::fs::write(dir.join("unclosed"), "f=%{s3cr3t\n").unwrap();
+        let keys = [
+            "introspection_mode",
+            "force_introspection",
+            "username_format",
+            "pass_attrs",
+            "timeout_msecs",
+            "max_parallel_connections",
+            "tls_allow_invalid_cert",
+            "debug",
+            "use_grant_password",
+            "cache_ttl_secs",
+            "leeway_secs",
+            "circuit_breaker_backoff_secs",
+            "max_token_bytes",
+            "jwks_url",
+            "jwks_max_age_secs",
+        ];
+        let cases = keys.iter().map(|k| (*k, "bad")).chain([("pass_attrs", "unclosed")]);
+        for (key, file) in cases {
+            let text = format!("introspection_url = https://idp/u\n{key} = <{file}\n");
+            let e = Settings::parse(&dir.join("x.conf"), &text).unwrap_err();
+            let shown = e.to_string();
+            assert!(!shown.contains("s3cr3t"), "{key}: {shown}");
+            assert!(matches!(e, ConfigError::Invalid { line: 2, key: ref k, .. } if k == key), "{key}: {shown}");
+            assert!(shown.contains(&dir.join(file).display().to_string()), "{key}: {shown}");
+        }
     }
 
     #[test]
