@@ -34,6 +34,15 @@ pub fn claim_text(claims: &Claims, name: &str) -> Option<String> {
     }
 }
 
+/// The strings of a claim that is a string or an array (elements that are not strings are skipped).
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The latest time a time claim may name: 9999-12-31T23:59:59Z. Beyond it a value is a mistake
 /// (milliseconds instead of seconds, say), not a date, and would make a token valid forever.
 pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
@@ -97,27 +106,34 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
         }
     }
     if !settings.audience.is_empty() {
-        let aud = claim_text(claims, "aud").unwrap_or_default();
-        if !aud.split(' ').any(|a| settings.audience.iter().any(|want| want == a)) {
+        // RFC 7519 4.1.3: `aud` is one string or an array of them; each compared whole, never split.
+        let aud = claims.get("aud").map(strings).unwrap_or_default();
+        if !aud.iter().any(|a| settings.audience.iter().any(|want| want == a)) {
             return Err(Rejection::WrongAudience(settings.audience.join(" ")));
         }
     }
     if !settings.scope.is_empty() {
-        // JWTs carry `scope` as a space-separated string (RFC 9068) or, from Entra ID, as `scp`.
-        // Dovecot 2.3 falls back to `aud` when a reply has no `scope`; kept for compatibility.
-        let have = claim_text(claims, "scope")
-            .or_else(|| claim_text(claims, "scp"))
-            .or_else(|| claim_text(claims, "aud"))
-            .unwrap_or_default();
-        let have: Vec<&str> = have.split_whitespace().collect();
+        // `scope` is a space-separated string (RFC 6749 3.3, RFC 9068, RFC 7662), `scp` from Entra ID
+        // too; an array (some providers) holds one scope per element. Dovecot 2.3 falls back to `aud`
+        // when a reply has no `scope`; kept for compatibility, its values compared whole as above.
+        let have: Vec<&str> = match ["scope", "scp"].iter().find_map(|n| claims.get(*n).filter(|v| !v.is_null())) {
+            Some(Value::String(s)) => s.split_whitespace().collect(),
+            Some(v) => strings(v),
+            None => claims.get("aud").map(strings).unwrap_or_default(),
+        };
         if let Some(missing) = settings.scope.iter().find(|s| !have.contains(&s.as_str())) {
             return Err(Rejection::MissingScope(missing.clone()));
         }
     }
-    let token_user = claim_text(claims, &settings.username_attribute)
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Rejection::NoUsername(settings.username_attribute.clone()))?;
-    let username = settings.username_format.apply(&token_user);
+    // One string: an array (`["kate@example.com", null]`), a number or a boolean is not a user name.
+    let token_user = match claims.get(&settings.username_attribute) {
+        Some(Value::String(u)) if !u.is_empty() => u,
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(Rejection::NoUsername(settings.username_attribute.clone()))
+        }
+        Some(_) => return Err(Rejection::UsernameNotString(settings.username_attribute.clone())),
+    };
+    let username = settings.username_format.apply(token_user);
     let login = settings.username_format.apply(login_user);
     if username != login {
         return Err(Rejection::WrongUser { token_user: username, login_user: login });
@@ -361,6 +377,39 @@ mod tests {
         assert_eq!(time_claim(&c, "exp"), Ok(Some(NOW)));
         assert_eq!(time_claim(&c, "nbf"), Ok(None));
         assert_eq!(time_claim(&c, "bad"), Err(Rejection::MalformedClaim("bad")));
+    }
+
+    #[test]
+    fn audience_is_compared_element_by_element_and_never_split() {
+        let s = settings("audience = mail\n");
+        for aud in [json!("evil mail"), json!(["evil mail"]), json!(["x", "mail.evil"]), json!(["mail x"])] {
+            let e = check(&s, &claims(json!({"aud": aud, "email": "a@x"})), "a@x", NOW);
+            assert!(matches!(e, Err(Rejection::WrongAudience(_))), "aud = {aud}: {e:?}");
+        }
+        for aud in [json!("mail"), json!(["x", "mail"])] {
+            assert!(check(&s, &claims(json!({"aud": aud, "email": "a@x"})), "a@x", NOW).is_ok(), "aud = {aud}");
+        }
+    }
+
+    #[test]
+    fn a_scope_string_is_split_but_scope_array_elements_and_aud_are_whole() {
+        let s = settings("scope = mail\n");
+        assert!(check(&s, &claims(json!({"scope": "openid mail", "email": "a@x"})), "a@x", NOW).is_ok());
+        for c in [json!({"scope": ["openid mail"]}), json!({"scp": ["x mail"]}), json!({"aud": "evil mail"})] {
+            let mut c = claims(c);
+            c.insert("email".into(), json!("a@x"));
+            assert_eq!(check(&s, &c, "a@x", NOW), Err(Rejection::MissingScope("mail".into())), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn username_claim_must_be_one_string() {
+        for v in [json!(["kate@example.com", null]), json!(["kate@example.com"]), json!(42), json!(true), json!({})] {
+            let e = check(&settings(""), &claims(json!({"email": v})), "kate@example.com", NOW);
+            assert_eq!(e, Err(Rejection::UsernameNotString("email".into())), "email = {v}");
+        }
+        let e = check(&settings(""), &claims(json!({"email": ""})), "kate@example.com", NOW);
+        assert_eq!(e, Err(Rejection::NoUsername("email".into())));
     }
 
     #[test]

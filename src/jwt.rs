@@ -81,6 +81,11 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     if parsed.family() == AlgorithmFamily::Hmac {
         return Err(Rejection::HmacAlgorithm(shown(alg)));
     }
+    // RFC 8725 3.10: a key, or where to fetch one, named by the token would let its sender pick the
+    // key that verifies it. Refused rather than ignored, so such a token is never mistaken for good.
+    if let Some(name) = ["jku", "x5u", "jwk", "x5c"].into_iter().find(|n| h.contains_key(*n)) {
+        return Err(Rejection::KeyInHeader(name));
+    }
     match h.get("typ") {
         None => {}
         Some(Value::String(t))
@@ -119,8 +124,8 @@ fn no_key(s: &Settings, iss: &str, kid: Option<&str>, e: NoKey) -> AuthError {
     }
 }
 
-/// Verifies a JWT for `login_user`. Key fetches happen here, lazily; a `jku`, `x5u` or embedded `jwk`
-/// in the header is never used: keys only come from the configured sources.
+/// Verifies a JWT for `login_user`. Key fetches happen here, lazily; keys only come from the
+/// configured sources (a token with `jku`, `x5u`, `jwk` or `x5c` in its header is refused).
 pub async fn validate(
     keys: &KeyStore,
     http: &Http,
@@ -629,15 +634,30 @@ mod local_tests {
     }
 
     #[test]
-    fn key_embedded_in_the_token_header_is_never_used() {
+    fn key_or_key_url_in_the_token_header_is_refused_and_never_fetched() {
         rt().block_on(async {
             let real = TestKey::es256("e1");
             let attacker = TestKey::es256("mine");
             let srv = provider(&[&real]).await;
+            let a = local(&srv, "");
             let header = json!({"alg": "ES256", "kid": "mine", "jwk": attacker.jwk, "jku": srv.url("/attacker-jwks")});
-            let e = verdict(&local(&srv, ""), &attacker.sign_with(&header, &claims(&srv))).await;
-            assert_eq!(rejected(&e), &Rejection::UnknownKey("mine".into()));
+            let e = verdict(&a, &attacker.sign_with(&header, &claims(&srv))).await;
+            assert_eq!(rejected(&e), &Rejection::KeyInHeader("jku"));
             assert_eq!(srv.count("/attacker-jwks"), 0);
+            // Refused, not ignored: even signed by the provider's own key.
+            for (name, value) in [
+                ("jku", json!(srv.url("/jwks"))),
+                ("x5u", json!(srv.url("/cert.pem"))),
+                ("jwk", real.jwk.clone()),
+                ("x5c", json!(["MIIB"])),
+            ] {
+                let header = json!({"alg": "ES256", "kid": "e1", name: value});
+                let e = verdict(&a, &real.sign_with(&header, &claims(&srv))).await;
+                assert_eq!(rejected(&e), &Rejection::KeyInHeader(name), "{name}");
+            }
+            // A thumbprint only names a key (Entra ID sends x5t): not refused.
+            let header = json!({"alg": "ES256", "kid": "e1", "x5t": "bm90LWEta2V5"});
+            assert_eq!(verdict(&a, &real.sign_with(&header, &claims(&srv))).await, Verdict::Accept(vec![]));
         });
     }
 
