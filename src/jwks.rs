@@ -639,14 +639,32 @@ mod tests {
             store.refresh_due(&http).await;
             store.refresh_due(&http).await;
             assert_eq!(srv.count("/k"), 1);
-            {
-                let mut st = store.sources[0].state.lock().unwrap();
-                let long_ago = Instant::now().checked_sub(Duration::from_secs(7200)).unwrap();
-                st.fetched_at = Some(long_ago);
-                st.attempted_at = Some(long_ago);
-            }
+            // No Cache-Control: kept for an hour.
+            store.clock.advance(DEFAULT_MAX_AGE - Duration::from_secs(1));
+            store.refresh_due(&http).await;
+            assert_eq!(srv.count("/k"), 1);
+            store.clock.advance(Duration::from_secs(1));
             store.refresh_due(&http).await;
             assert_eq!(srv.count("/k"), 2);
+        });
+    }
+
+    #[test]
+    fn entries_naming_one_key_set_share_it_and_bind_only_their_issuers() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = TestServer::routes(&[("/k", Canned::json(200, &jwks(&[&k])))]).await;
+            let url = srv.url("/k");
+            let text = format!("introspection_mode = local\njwks_url = {url}=https://one {url}=https://two\n");
+            let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
+            let (store, http) =
+                (KeyStore::new(&s, Clock::manual()), Http::new(&s, Default::default(), Clock::manual()).unwrap());
+            assert_eq!(store.sources.len(), 1);
+            assert_eq!(store.keys_for(&http, "https://one", Some("e1")).await.unwrap().len(), 1);
+            assert_eq!(store.keys_for(&http, "https://two", None).await.unwrap().len(), 1);
+            assert_eq!(store.keys_for(&http, "https://three", Some("e1")).await.unwrap_err(), NoKey::UnboundIssuer);
+            assert_eq!(store.keys_for(&http, "https://one", Some("e2")).await.unwrap_err(), NoKey::UnknownKid);
+            assert_eq!(srv.count("/k"), 1);
         });
     }
 
