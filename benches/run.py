@@ -232,7 +232,7 @@ class Runner:
         self.conf = {
             "userinfo": self.settings("userinfo.conf", f"introspection_url = {s}/userinfo\nintrospection_mode = auth\n{common}"),
             "introspect": self.settings("introspect.conf", f"introspection_url = {s}/introspect\nintrospection_mode = post\n{common}"),
-            "local": self.settings("local.conf", f"introspection_mode = local\njwks_url = {s}/jwks\nissuers = {ISSUER}\n"
+            "local": self.settings("local.conf", f"introspection_mode = local\njwks_url = {s}/jwks={ISSUER}\nissuers = {ISSUER}\n"
                                                  f"audience = {AUDIENCE}\n{common}"),
             # Dovecot's defaults allow one connection to the provider at a time; a tuned variant:
             "userinfo-par": self.settings("userinfo-par.conf", f"introspection_url = {s}/userinfo\nintrospection_mode = auth\n"

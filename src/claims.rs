@@ -34,12 +34,42 @@ pub fn claim_text(claims: &Claims, name: &str) -> Option<String> {
     }
 }
 
-fn claim_u64(claims: &Claims, name: &str) -> Option<u64> {
-    match claims.get(name)? {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
+/// The strings of a claim that is a string or an array (elements that are not strings are skipped).
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
     }
+}
+
+/// The latest time a time claim may name: 9999-12-31T23:59:59Z. Beyond it a value is a mistake
+/// (milliseconds instead of seconds, say), not a date, and would make a token valid forever.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// A time claim (`exp`, `nbf`, `iat`): `Ok(Some(seconds))` when present, `Ok(None)` when absent
+/// (or null, as some serializers write absent fields), and a refusal when it is anything but a
+/// non-negative number of seconds: RFC 7519's NumericDate, fractions allowed (rounded down), or
+/// those digits as a string (introspection replies that send every field as text). A malformed
+/// claim never counts as absent.
+pub fn time_claim(claims: &Claims, name: &'static str) -> Result<Option<u64>, Rejection> {
+    let malformed = Rejection::MalformedClaim(name);
+    let seconds = match claims.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(u) => u,
+            // Finite (JSON has no NaN or infinity), maybe negative or fractional.
+            None => n.as_f64().filter(|f| *f >= 0.0 && *f <= MAX_NUMERIC_DATE as f64).ok_or(malformed.clone())? as u64,
+        },
+        Some(Value::String(t)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse().map_err(|_| malformed.clone())?
+        }
+        Some(_) => return Err(malformed),
+    };
+    if seconds > MAX_NUMERIC_DATE {
+        return Err(malformed);
+    }
+    Ok(Some(seconds))
 }
 
 /// Applies every rule to the provider's claims for `login_user`, in the order an admin would debug them.
@@ -51,19 +81,19 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
         }
     }
     let leeway = settings.leeway.as_secs();
-    let expires_at = claim_u64(claims, "exp");
+    let expires_at = time_claim(claims, "exp")?;
     if let Some(exp) = expires_at {
         if exp.saturating_add(leeway) <= now {
             return Err(Rejection::Expired(now - exp));
         }
     }
-    if let Some(nbf) = claim_u64(claims, "nbf") {
+    if let Some(nbf) = time_claim(claims, "nbf")? {
         if nbf > now.saturating_add(leeway) {
             return Err(Rejection::NotYetValid(nbf - now));
         }
     }
     // A token minted in the future means a clock far off or a forged token.
-    if let Some(iat) = claim_u64(claims, "iat") {
+    if let Some(iat) = time_claim(claims, "iat")? {
         if iat > now.saturating_add(leeway) {
             return Err(Rejection::IssuedInFuture(iat - now));
         }
@@ -76,27 +106,34 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
         }
     }
     if !settings.audience.is_empty() {
-        let aud = claim_text(claims, "aud").unwrap_or_default();
-        if !aud.split(' ').any(|a| settings.audience.iter().any(|want| want == a)) {
+        // RFC 7519 4.1.3: `aud` is one string or an array of them; each compared whole, never split.
+        let aud = claims.get("aud").map(strings).unwrap_or_default();
+        if !aud.iter().any(|a| settings.audience.iter().any(|want| want == a)) {
             return Err(Rejection::WrongAudience(settings.audience.join(" ")));
         }
     }
     if !settings.scope.is_empty() {
-        // JWTs carry `scope` as a space-separated string (RFC 9068) or, from Entra ID, as `scp`.
-        // Dovecot 2.3 falls back to `aud` when a reply has no `scope`; kept for compatibility.
-        let have = claim_text(claims, "scope")
-            .or_else(|| claim_text(claims, "scp"))
-            .or_else(|| claim_text(claims, "aud"))
-            .unwrap_or_default();
-        let have: Vec<&str> = have.split_whitespace().collect();
+        // `scope` is a space-separated string (RFC 6749 3.3, RFC 9068, RFC 7662), `scp` from Entra ID
+        // too; an array (some providers) holds one scope per element. Dovecot 2.3 falls back to `aud`
+        // when a reply has no `scope`; kept for compatibility, its values compared whole as above.
+        let have: Vec<&str> = match ["scope", "scp"].iter().find_map(|n| claims.get(*n).filter(|v| !v.is_null())) {
+            Some(Value::String(s)) => s.split_whitespace().collect(),
+            Some(v) => strings(v),
+            None => claims.get("aud").map(strings).unwrap_or_default(),
+        };
         if let Some(missing) = settings.scope.iter().find(|s| !have.contains(&s.as_str())) {
             return Err(Rejection::MissingScope(missing.clone()));
         }
     }
-    let token_user = claim_text(claims, &settings.username_attribute)
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Rejection::NoUsername(settings.username_attribute.clone()))?;
-    let username = settings.username_format.apply(&token_user);
+    // One string: an array (`["kate@example.com", null]`), a number or a boolean is not a user name.
+    let token_user = match claims.get(&settings.username_attribute) {
+        Some(Value::String(u)) if !u.is_empty() => u,
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(Rejection::NoUsername(settings.username_attribute.clone()))
+        }
+        Some(_) => return Err(Rejection::UsernameNotString(settings.username_attribute.clone())),
+    };
+    let username = settings.username_format.apply(token_user);
     let login = settings.username_format.apply(login_user);
     if username != login {
         return Err(Rejection::WrongUser { token_user: username, login_user: login });
@@ -120,12 +157,13 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
     Ok(Identity { expires_at, fields })
 }
 
-/// Checks a `pass_attrs` template when the settings are read, so a typo is a settings error.
-pub fn check_template(t: &str) -> Result<(), String> {
+/// Checks a `pass_attrs` template when the settings are read, so a typo is a settings error. The
+/// reason does not show the template (it may have been read from a file).
+pub fn check_template(t: &str) -> Result<(), &'static str> {
     let mut rest = t;
     while let Some(i) = rest.find("%{") {
         let after = &rest[i + 2..];
-        let end = after.find('}').ok_or_else(|| format!("'{t}' has an unclosed %{{"))?;
+        let end = after.find('}').ok_or("has an unclosed %{")?;
         rest = &after[end + 1..];
     }
     Ok(())
@@ -296,6 +334,82 @@ mod tests {
         assert_eq!(expand_template("%{oauth2:missing:1G}", "q", &c), "1G");
         assert_eq!(expand_template("%$", "groups", &c), "a b");
         assert_eq!(expand_template("host=%{rip}", "x", &c), "host=%{rip}");
+    }
+
+    #[test]
+    fn malformed_time_claims_are_refused_not_ignored() {
+        let s = settings("");
+        for name in ["exp", "nbf", "iat"] {
+            for bad in [
+                json!(-1),
+                json!(-0.5),
+                json!(-1_700_000_000i64),
+                json!("soon"),
+                json!("-5"),
+                json!("1e9"),
+                json!(""),
+                json!(true),
+                json!([NOW + 60]),
+                json!({"t": NOW}),
+                json!(1e300),
+                json!(MAX_NUMERIC_DATE + 1),
+            ] {
+                let c = claims(json!({name: bad, "email": "a@x"}));
+                assert_eq!(check(&s, &c, "a@x", NOW), Err(Rejection::MalformedClaim(name)), "{name} = {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_dates_may_be_fractional_or_digit_strings_and_null_is_absent() {
+        let s = settings("");
+        let id = check(&s, &claims(json!({"exp": (NOW + 60) as f64 + 0.75, "email": "a@x"})), "a@x", NOW).unwrap();
+        assert_eq!(id.expires_at, Some(NOW + 60));
+        let id = check(&s, &claims(json!({"exp": (NOW + 60).to_string(), "email": "a@x"})), "a@x", NOW).unwrap();
+        assert_eq!(id.expires_at, Some(NOW + 60));
+        let id = check(&s, &claims(json!({"exp": null, "nbf": null, "email": "a@x"})), "a@x", NOW).unwrap();
+        assert_eq!(id.expires_at, None);
+    }
+
+    #[test]
+    fn time_claim_reader_has_three_outcomes() {
+        let c = claims(json!({"exp": NOW, "bad": -3}));
+        assert_eq!(time_claim(&c, "exp"), Ok(Some(NOW)));
+        assert_eq!(time_claim(&c, "nbf"), Ok(None));
+        assert_eq!(time_claim(&c, "bad"), Err(Rejection::MalformedClaim("bad")));
+    }
+
+    #[test]
+    fn audience_is_compared_element_by_element_and_never_split() {
+        let s = settings("audience = mail\n");
+        for aud in [json!("evil mail"), json!(["evil mail"]), json!(["x", "mail.evil"]), json!(["mail x"])] {
+            let e = check(&s, &claims(json!({"aud": aud, "email": "a@x"})), "a@x", NOW);
+            assert!(matches!(e, Err(Rejection::WrongAudience(_))), "aud = {aud}: {e:?}");
+        }
+        for aud in [json!("mail"), json!(["x", "mail"])] {
+            assert!(check(&s, &claims(json!({"aud": aud, "email": "a@x"})), "a@x", NOW).is_ok(), "aud = {aud}");
+        }
+    }
+
+    #[test]
+    fn a_scope_string_is_split_but_scope_array_elements_and_aud_are_whole() {
+        let s = settings("scope = mail\n");
+        assert!(check(&s, &claims(json!({"scope": "openid mail", "email": "a@x"})), "a@x", NOW).is_ok());
+        for c in [json!({"scope": ["openid mail"]}), json!({"scp": ["x mail"]}), json!({"aud": "evil mail"})] {
+            let mut c = claims(c);
+            c.insert("email".into(), json!("a@x"));
+            assert_eq!(check(&s, &c, "a@x", NOW), Err(Rejection::MissingScope("mail".into())), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn username_claim_must_be_one_string() {
+        for v in [json!(["kate@example.com", null]), json!(["kate@example.com"]), json!(42), json!(true), json!({})] {
+            let e = check(&settings(""), &claims(json!({"email": v})), "kate@example.com", NOW);
+            assert_eq!(e, Err(Rejection::UsernameNotString("email".into())), "email = {v}");
+        }
+        let e = check(&settings(""), &claims(json!({"email": ""})), "kate@example.com", NOW);
+        assert_eq!(e, Err(Rejection::NoUsername("email".into())));
     }
 
     #[test]

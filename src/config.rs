@@ -75,10 +75,10 @@ impl UsernameFormat {
                         "user" => UserVar::User,
                         "username" => UserVar::Name,
                         "domain" => UserVar::Domain,
-                        other => return Err(format!("unsupported variable %{{{other}}} (use %u, %n, %d)")),
+                        _ => return Err("has an unsupported %{...} variable (use %u, %n, %d)".into()),
                     }
                 }
-                other => return Err(format!("unsupported variable %{other} (use %u, %n, %d)")),
+                _ => return Err("has an unsupported % variable (use %u, %n, %d)".into()),
             };
             if !lit.is_empty() {
                 parts.push(FormatPart::Literal(std::mem::take(&mut lit)));
@@ -139,6 +139,37 @@ impl Default for Listen {
     }
 }
 
+/// A key set read without discovery, and the one issuer an entry binds it to: its keys verify tokens
+/// of no other issuer. A JWK Set does not say which issuer it serves, so the settings must:
+/// `jwks_url = KEYS_URL=ISSUER`, one entry per issuer (entries naming the same URL share a key set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl {
+    pub url: String,
+    pub issuer: String,
+}
+
+/// Parses `jwks_url`: `KEYS_URL=ISSUER` words, the issuer (an http(s) URL, as OIDC requires) after
+/// the last `=`, so a key set URL may have a query. Errors never show the value (it may come from a
+/// file, or carry credentials): they count entries.
+fn parse_jwks_urls(v: &str) -> Result<Vec<JwksUrl>, String> {
+    let entry = |(n, word): (usize, &str)| {
+        let bound = word.rsplit_once('=').filter(|(url, iss)| !url.is_empty() && is_http_url(iss));
+        let (url, issuer) = bound.ok_or_else(|| {
+            format!(
+                "entry {} does not bind an issuer: each entry is KEYS_URL=ISSUER, the key set's URL, '=' and the \
+                 issuer (an http(s) URL) whose tokens its keys verify",
+                n + 1
+            )
+        })?;
+        Ok(JwksUrl { url: url.to_string(), issuer: issuer.to_string() })
+    };
+    v.split_whitespace().enumerate().map(entry).collect()
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
 /// Everything the settings file can say, with defaults applied.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -182,9 +213,9 @@ pub struct Settings {
     pub cache_max_entries: u64,
     /// Clock skew allowed on exp/nbf/iat.
     pub leeway: Duration,
-    /// `jwks_url`: JWK Set URLs (space separated) read directly, without discovery. Their keys verify
-    /// tokens of any accepted issuer, so `issuers` must be set when they are the only source.
-    pub jwks_url: Vec<String>,
+    /// `jwks_url`: JWK Sets read directly, without discovery, each bound to the issuers whose tokens
+    /// its keys may verify (`KEYS_URL=ISSUER` entries, space separated). Never any other issuer's.
+    pub jwks_url: Vec<JwksUrl>,
     /// `jwks_refetch_min_interval_secs` (default 10): the least time between two fetches of one key
     /// source, so tokens with made-up key ids cannot make us hammer the provider.
     pub jwks_refetch_min_interval: Duration,
@@ -292,9 +323,17 @@ impl Settings {
         for (idx, raw) in text.lines().enumerate() {
             let line = idx + 1;
             let Some((key, value)) = split_line(path, line, raw)? else { continue };
-            let value = resolve_value(path, line, &key, value)?;
-            let invalid =
-                |reason: String| ConfigError::Invalid { path: path.to_owned(), line, key: key.clone(), reason };
+            // Reasons never include the value: it may be a secret read from a file.
+            let (value, from_file) = resolve_value(path, line, &key, value)?;
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                key: key.clone(),
+                reason: match &from_file {
+                    Some(file) => format!("value read from {}: {reason}", file.display()),
+                    None => reason,
+                },
+            };
             let opt = |v: &str| if v.is_empty() { None } else { Some(v.to_string()) };
             let list = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
             match key.as_str() {
@@ -306,7 +345,7 @@ impl Settings {
                         "get" => IntrospectionMode::Get,
                         "post" => IntrospectionMode::Post,
                         "local" => IntrospectionMode::Local,
-                        other => return Err(invalid(format!("'{other}' is not one of auth, get, post, local"))),
+                        _ => return Err(invalid("is not one of auth, get, post, local".into())),
                     }
                 }
                 "force_introspection" => s.force_introspection = parse_bool(&value).map_err(invalid)?,
@@ -326,7 +365,7 @@ impl Settings {
                 "audience" => s.audience = list(&value),
                 "issuers" => s.issuers = list(&value),
                 "openid_configuration_url" => s.openid_configuration_url = list(&value),
-                "jwks_url" => s.jwks_url = list(&value),
+                "jwks_url" => s.jwks_url = parse_jwks_urls(&value).map_err(invalid)?,
                 "jwks_refetch_min_interval_secs" => {
                     s.jwks_refetch_min_interval = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
                 }
@@ -448,13 +487,27 @@ impl Settings {
                 reason: "introspection_mode = local needs openid_configuration_url or jwks_url".into(),
             });
         }
-        // Keys from a bare JWKS carry no issuer: accepting any `iss` they sign would let every issuer
-        // sharing that key set (or a typo'd URL) log users in. Discovery pins its own issuer.
-        if local && self.openid_configuration_url.is_empty() && self.issuers.is_empty() {
-            return Err(invalid(
-                "jwks_url",
-                "set issuers to the iss value(s) of the tokens (a JWKS does not say which issuer it serves)",
-            ));
+        // Keys verify only the issuers they are bound to. A binding `issuers` refuses is dead; an issuer
+        // listed with no key source at all (no discovery to announce it) could never log anyone in.
+        if !self.issuers.is_empty() {
+            if let Some(n) = self.jwks_url.iter().position(|j| !self.issuers.contains(&j.issuer)) {
+                return Err(invalid(
+                    "jwks_url",
+                    &format!("entry {} binds an issuer that issuers does not list (so its tokens are refused)", n + 1),
+                ));
+            }
+            if local && self.openid_configuration_url.is_empty() {
+                if let Some(n) = self.issuers.iter().position(|i| !self.jwks_url.iter().any(|j| &j.issuer == i)) {
+                    return Err(invalid(
+                        "issuers",
+                        &format!(
+                            "entry {} has no key source: no jwks_url is bound to it (jwks_url = KEYS_URL=ISSUER) \
+                             and there is no openid_configuration_url",
+                            n + 1
+                        ),
+                    ));
+                }
+            }
         }
         if !local && self.tokeninfo_url.is_none() && self.introspection_url.is_none() {
             return Err(ConfigError::Incomplete {
@@ -470,7 +523,7 @@ impl Settings {
                 "tokeninfo_url" => self.tokeninfo_url.iter().collect(),
                 "introspection_url" => self.introspection_url.iter().collect(),
                 "openid_configuration_url" => self.openid_configuration_url.iter().collect(),
-                _ => self.jwks_url.iter().collect(),
+                _ => self.jwks_url.iter().map(|j| &j.url).collect(),
             };
             for url in urls {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -581,41 +634,45 @@ fn split_line(path: &Path, line: usize, raw: &str) -> Result<Option<(String, Str
     Ok(Some((key.to_string(), value.to_string())))
 }
 
-/// `key = <file` reads the value from a file (as Dovecot does), handy for client_secret.
-fn resolve_value(path: &Path, line: usize, key: &str, value: String) -> Result<String, ConfigError> {
-    let Some(file) = value.strip_prefix('<') else { return Ok(value) };
+/// `key = <file` reads the value from a file (as Dovecot does), handy for client_secret. Returns the
+/// file too: errors about such a value name it, and never show the value.
+fn resolve_value(path: &Path, line: usize, key: &str, value: String) -> Result<(String, Option<PathBuf>), ConfigError> {
+    let Some(file) = value.strip_prefix('<') else { return Ok((value, None)) };
     let file = Path::new(file.trim());
     let file = if file.is_relative() { path.parent().unwrap_or(Path::new("/")).join(file) } else { file.to_owned() };
-    std::fs::read_to_string(&file).map(|s| s.trim().to_string()).map_err(|e| ConfigError::Invalid {
-        path: path.to_owned(),
-        line,
-        key: key.to_string(),
-        reason: format!("cannot read {}: {e}", file.display()),
-    })
+    match std::fs::read_to_string(&file) {
+        Ok(text) => Ok((text.trim().to_string(), Some(file))),
+        Err(e) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            key: key.to_string(),
+            reason: format!("cannot read {}: {e}", file.display()),
+        }),
+    }
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "yes" | "y" | "true" | "1" => Ok(true),
         "no" | "n" | "false" | "0" | "" => Ok(false),
-        other => Err(format!("'{other}' is not yes or no")),
+        _ => Err("is not yes or no".into()),
     }
 }
 
 fn parse_uint(v: &str) -> Result<u64, String> {
-    v.parse::<u64>().map_err(|_| format!("'{v}' is not a whole number"))
+    v.parse::<u64>().map_err(|_| "is not a whole number".into())
 }
 
 /// `pass_attrs` is Dovecot's passdb-template syntax: space-separated `field=template` words
 /// (a bare `field` means `field=`).
 fn parse_pass_attrs(v: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    for word in v.split_whitespace() {
+    for (n, word) in v.split_whitespace().enumerate() {
         let (k, t) = word.split_once('=').unwrap_or((word, ""));
         if k.is_empty() {
-            return Err(format!("'{word}' has no field name"));
+            return Err(format!("word {} has no field name", n + 1));
         }
-        crate::claims::check_template(t)?;
+        crate::claims::check_template(t).map_err(|why| format!("the template of word {} {why}", n + 1))?;
         out.push((k.to_string(), t.to_string()));
     }
     Ok(out)
@@ -737,6 +794,40 @@ mod tests {
     }
 
     #[test]
+    fn value_read_from_a_file_is_never_echoed_in_settings_errors() {
+        let dir = std::env::temp_dir().join(format!("o2echo{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bad"), "s3cr3t%x =\n").unwrap();
+        std::fs::write(dir.join("unclosed"), "f=%{s3cr3t\n").unwrap();
+        let keys = [
+            "introspection_mode",
+            "force_introspection",
+            "username_format",
+            "pass_attrs",
+            "timeout_msecs",
+            "max_parallel_connections",
+            "tls_allow_invalid_cert",
+            "debug",
+            "use_grant_password",
+            "cache_ttl_secs",
+            "leeway_secs",
+            "circuit_breaker_backoff_secs",
+            "max_token_bytes",
+            "jwks_url",
+            "jwks_max_age_secs",
+        ];
+        let cases = keys.iter().map(|k| (*k, "bad")).chain([("pass_attrs", "unclosed")]);
+        for (key, file) in cases {
+            let text = format!("introspection_url = https://idp/u\n{key} = <{file}\n");
+            let e = Settings::parse(&dir.join("x.conf"), &text).unwrap_err();
+            let shown = e.to_string();
+            assert!(!shown.contains("s3cr3t"), "{key}: {shown}");
+            assert!(matches!(e, ConfigError::Invalid { line: 2, key: ref k, .. } if k == key), "{key}: {shown}");
+            assert!(shown.contains(&dir.join(file).display().to_string()), "{key}: {shown}");
+        }
+    }
+
+    #[test]
     fn username_format_folds_ascii_case_only_so_lookalike_names_stay_distinct() {
         let f = UsernameFormat::parse("%Lu").unwrap();
         assert_eq!(f.apply("\u{212A}ate@x.test"), "\u{212A}ate@x.test");
@@ -771,21 +862,64 @@ mod tests {
 
     #[test]
     fn several_discovery_urls_and_jwks_urls_are_space_separated() {
-        let s = parse("introspection_mode = local\nopenid_configuration_url = https://a/.well-known/openid-configuration https://b/.well-known/openid-configuration\njwks_url = https://c/keys\n").unwrap();
+        let s = parse("introspection_mode = local\nopenid_configuration_url = https://a/.well-known/openid-configuration https://b/.well-known/openid-configuration\njwks_url = https://c/keys=https://c https://d/keys=https://d\n").unwrap();
         assert_eq!(s.openid_configuration_url.len(), 2);
-        assert_eq!(s.jwks_url, vec!["https://c/keys"]);
+        assert_eq!(s.jwks_url.len(), 2);
     }
 
     #[test]
-    fn jwks_url_alone_needs_pinned_issuers() {
-        let e = parse("introspection_mode = local\njwks_url = https://idp/keys\n").unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { line: 2, ref key, .. } if key == "jwks_url"), "{e}");
-        assert!(parse("introspection_mode = local\njwks_url = https://idp/keys\nissuers = https://idp\n").is_ok());
+    fn jwks_url_binds_its_keys_to_the_issuer_after_the_last_equals_sign() {
+        let s = parse("introspection_mode = local\njwks_url = https://k/keys?tenant=a=https://sts.test/a/\n").unwrap();
+        assert_eq!(
+            s.jwks_url,
+            vec![JwksUrl { url: "https://k/keys?tenant=a".into(), issuer: "https://sts.test/a/".into() }]
+        );
+    }
+
+    #[test]
+    fn jwks_url_without_a_bound_issuer_is_refused_without_echoing_it() {
+        for value in ["https://idp/keys", "https://idp/keys?tenant=secret", "https://idp/keys=", "=https://idp"] {
+            let e =
+                parse(&format!("introspection_mode = local\nissuers = https://idp\njwks_url = {value}\n")).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_url"), "{e}");
+            assert!(e.to_string().contains("KEYS_URL=ISSUER"), "{e}");
+            assert!(!e.to_string().contains("idp") && !e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn jwks_url_alone_needs_no_issuers_key() {
+        let s = parse("introspection_mode = local\njwks_url = https://idp/keys=https://idp\n").unwrap();
+        assert!(s.issuers.is_empty());
+    }
+
+    #[test]
+    fn jwks_url_binding_an_issuer_that_issuers_does_not_list_is_refused() {
+        let e = parse(
+            "introspection_mode = local\nissuers = https://a\njwks_url = https://k=https://a https://k=https://b\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_url"), "{e}");
+        assert!(e.to_string().contains("entry 2"), "{e}");
+    }
+
+    #[test]
+    fn listed_issuer_without_any_key_source_is_refused_when_there_is_no_discovery() {
+        let e = parse("introspection_mode = local\nissuers = https://a https://b\njwks_url = https://k=https://a\n")
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 2, ref key, .. } if key == "issuers"), "{e}");
+        assert!(e.to_string().contains("entry 2 has no key source"), "{e}");
+        // With discovery, an issuer's source is known once the documents are read: checked per login.
+        assert!(parse(
+            "introspection_mode = local\nissuers = https://a https://b\nopenid_configuration_url = https://d\n"
+        )
+        .is_ok());
     }
 
     #[test]
     fn jwks_url_must_be_http_and_names_its_line() {
-        let e = parse("introspection_mode = local\nissuers = x\njwks_url = https://ok/k ftp://bad/k\n").unwrap_err();
+        let e = parse("introspection_mode = local\nissuers = https://x\njwks_url = https://ok/k=https://x ftp://bad/k=https://x\n")
+            .unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { line: 3, ref key, .. } if key == "jwks_url"), "{e}");
     }
 

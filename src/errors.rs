@@ -40,6 +40,10 @@ pub enum Rejection {
     NotYetValid(u64),
     #[error("provider reply has no '{0}' (username_attribute)")]
     NoUsername(String),
+    #[error("provider reply's '{0}' (username_attribute) is not one string")]
+    UsernameNotString(String),
+    #[error("introspection reply has no 'active' (RFC 7662 requires it; a userinfo endpoint needs introspection_mode = auth)")]
+    NoActive,
     #[error("token belongs to '{token_user}', not to login user '{login_user}'")]
     WrongUser { token_user: String, login_user: String },
     #[error("account is not active ({attribute} = '{value}')")]
@@ -63,6 +67,8 @@ pub enum Rejection {
     WrongType(String),
     #[error("token header marks '{0}' critical, which this module does not implement")]
     CriticalHeader(String),
+    #[error("token header carries '{0}'; signing keys are only taken from the configured key sources")]
+    KeyInHeader(&'static str),
     #[error("no signing key '{0}' for this issuer, even after refetching the keys")]
     UnknownKey(String),
     #[error("signing key '{kid}' is {key_type}, which cannot verify alg '{alg}'")]
@@ -71,6 +77,8 @@ pub enum Rejection {
     BadSignature,
     #[error("token has no '{0}' claim")]
     MissingClaim(&'static str),
+    #[error("token claim '{0}' is not a time (a non-negative number of seconds since 1970, before year 10000)")]
+    MalformedClaim(&'static str),
     #[error("token is issued {0} s in the future (iat)")]
     IssuedInFuture(u64),
     #[error("opaque token and no introspection_url for non-JWT tokens")]
@@ -88,6 +96,8 @@ impl Rejection {
             Rejection::Expired(_) => "expired",
             Rejection::NotYetValid(_) => "not_yet_valid",
             Rejection::NoUsername(_) => "no_username",
+            Rejection::UsernameNotString(_) => "username_not_string",
+            Rejection::NoActive => "no_active",
             Rejection::WrongUser { .. } => "wrong_user",
             Rejection::AccountDisabled { .. } => "account_disabled",
             Rejection::MissingScope(_) => "missing_scope",
@@ -99,10 +109,12 @@ impl Rejection {
             Rejection::UnsupportedAlgorithm(_) => "unsupported_algorithm",
             Rejection::WrongType(_) => "wrong_type",
             Rejection::CriticalHeader(_) => "critical_header",
+            Rejection::KeyInHeader(_) => "key_in_header",
             Rejection::UnknownKey(_) => "unknown_key",
             Rejection::KeyAlgorithmMismatch { .. } => "key_algorithm_mismatch",
             Rejection::BadSignature => "bad_signature",
             Rejection::MissingClaim(_) => "missing_claim",
+            Rejection::MalformedClaim(_) => "malformed_claim",
             Rejection::IssuedInFuture(_) => "issued_in_future",
             Rejection::Opaque => "opaque",
         }

@@ -15,11 +15,13 @@ use crate::config::Settings;
 use crate::errors::Unavailable;
 use crate::http::{redact_url, Http};
 use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 
 /// How long keys are kept when the provider sends no `Cache-Control: max-age`.
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -90,10 +92,13 @@ fn parse_for(alg: Algorithm, key: &DecodingKey) -> Result<ParsedPublicKey, Strin
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which issuers a source's keys verify tokens of: never any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
+    /// A discovery document: the `issuer` it announces.
     Discovery,
-    Jwks,
+    /// A bare key set: the issuers the settings bind to it.
+    Jwks { issuers: Vec<String> },
 }
 
 struct Source {
@@ -102,6 +107,23 @@ struct Source {
     state: Mutex<State>,
     /// Held while fetching, so concurrent logins wait for one fetch instead of each making their own.
     fetching: tokio::sync::Mutex<()>,
+}
+
+impl Source {
+    fn serves(&self, iss: &str) -> bool {
+        match &self.kind {
+            Kind::Discovery => self.state.lock().unwrap().issuer.as_deref() == Some(iss),
+            Kind::Jwks { issuers } => issuers.iter().any(|i| i == iss),
+        }
+    }
+
+    fn never_fetched(&self) -> Option<Unavailable> {
+        let st = self.state.lock().unwrap();
+        st.fetched_at.is_none().then(|| Unavailable::NoKeys {
+            url: redact_url(&self.url),
+            reason: st.last_error.as_ref().map_or("not fetched yet".into(), |e| e.to_string()),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -126,6 +148,23 @@ enum Why {
     UnknownKey,
 }
 
+/// Why the key store has no key for a token.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NoKey {
+    /// No source is bound to the token's issuer (and every discovery document has been read).
+    #[error("no key source is bound to this issuer")]
+    UnboundIssuer,
+    /// The key the token names is in its issuer's set but is not used, with why.
+    #[error("signing key is not usable: {0}")]
+    Unusable(String),
+    /// No key of the issuer's sources has the token's `kid`, even after fetching them again.
+    #[error("no signing key with this kid for this issuer")]
+    UnknownKid,
+    /// A source that may hold the key has never been read.
+    #[error("{0}")]
+    Unavailable(Unavailable),
+}
+
 /// The keys of every configured source, shared by the process.
 pub struct KeyStore {
     sources: Vec<Source>,
@@ -138,18 +177,21 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(s: &Settings, clock: Clock) -> KeyStore {
-        let source = |kind, url: &String| Source {
+        let source = |kind, url: &str| Source {
             kind,
-            url: url.clone(),
+            url: url.to_string(),
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
         };
-        let sources = s
-            .openid_configuration_url
-            .iter()
-            .map(|u| source(Kind::Discovery, u))
-            .chain(s.jwks_url.iter().map(|u| source(Kind::Jwks, u)))
-            .collect();
+        let mut sources: Vec<Source> = s.openid_configuration_url.iter().map(|u| source(Kind::Discovery, u)).collect();
+        // Entries naming one key set share it: one fetch, bound to each of their issuers.
+        for entry in &s.jwks_url {
+            let same = sources.iter_mut().find(|src| src.url == entry.url && matches!(src.kind, Kind::Jwks { .. }));
+            match same {
+                Some(Source { kind: Kind::Jwks { issuers }, .. }) => issuers.push(entry.issuer.clone()),
+                _ => sources.push(source(Kind::Jwks { issuers: vec![entry.issuer.clone()] }, &entry.url)),
+            }
+        }
         KeyStore {
             sources,
             min_interval: s.jwks_refetch_min_interval,
@@ -159,8 +201,44 @@ impl KeyStore {
         }
     }
 
+    /// The keys that may verify a token of issuer `iss` naming `kid` (every key of the issuer when it
+    /// names none): only keys of the sources bound to `iss`, never any other source's. Sources are
+    /// fetched here as needed: when due, and once more when the issuer's keys lack `kid`.
+    pub async fn keys_for(&self, http: &Http, iss: &str, kid: Option<&str>) -> Result<Vec<Arc<VerifyKey>>, NoKey> {
+        self.refresh_due(http).await;
+        let mut bound = self.bound_to(iss);
+        if bound.is_empty() {
+            // A discovery document not read yet may be the one announcing this issuer.
+            return Err(self.unread_discovery().map_or(NoKey::UnboundIssuer, NoKey::Unavailable));
+        }
+        let mut keys = self.keys_of(&bound, kid);
+        if keys.is_empty() {
+            // The provider may have rotated its keys since we fetched them.
+            for &i in &bound {
+                self.refresh(http, i, Why::UnknownKey).await;
+            }
+            bound = self.bound_to(iss);
+            keys = self.keys_of(&bound, kid);
+        }
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
+        // A source never read (one bound to the issuer, or a document that may announce it) may hold it.
+        let unread = bound.iter().find_map(|&i| self.sources[i].never_fetched()).or_else(|| self.unread_discovery());
+        if let Some(u) = unread {
+            return Err(NoKey::Unavailable(u));
+        }
+        if bound.is_empty() {
+            return Err(NoKey::UnboundIssuer);
+        }
+        match kid.and_then(|kid| self.skipped_reason(&bound, kid)) {
+            Some(why) => Err(NoKey::Unusable(why)),
+            None => Err(NoKey::UnknownKid),
+        }
+    }
+
     /// Fetches every source never fetched or whose keys are past their age (each rate limited).
-    pub async fn refresh_due(&self, http: &Http) {
+    async fn refresh_due(&self, http: &Http) {
         for (i, src) in self.sources.iter().enumerate() {
             let due = {
                 let st = src.state.lock().unwrap();
@@ -169,13 +247,6 @@ impl KeyStore {
             if due {
                 self.refresh(http, i, Why::Due).await;
             }
-        }
-    }
-
-    /// Fetches `sources` again because a token names a key they lacked (each rate limited).
-    pub async fn refresh_for_unknown_key(&self, http: &Http, sources: &[usize]) {
-        for &i in sources {
-            self.refresh(http, i, Why::UnknownKey).await;
         }
     }
 
@@ -198,7 +269,7 @@ impl KeyStore {
             st.attempted_at = Some(self.clock.now());
         }
         // A stale pooled connection is retried once by Http::send.
-        let result = fetch(http, src.kind, &src.url, self.max_age_cap).await;
+        let result = fetch(http, src.kind == Kind::Discovery, &src.url, self.max_age_cap).await;
         let mut st = src.state.lock().unwrap();
         match result {
             Ok(f) => {
@@ -223,38 +294,13 @@ impl KeyStore {
         }
     }
 
-    /// Issuers announced by the discovery documents fetched so far.
-    pub fn discovered_issuers(&self) -> Vec<String> {
-        self.sources.iter().filter_map(|s| s.state.lock().unwrap().issuer.clone()).collect()
-    }
-
-    /// Why a discovery source has not told its issuer yet, if one has not.
-    pub fn undiscovered(&self) -> Option<Unavailable> {
-        let indices: Vec<usize> =
-            (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Discovery).collect();
-        self.never_fetched(&indices)
-    }
-
-    /// The sources whose keys may verify a token of `iss`: the discovery documents announcing that
-    /// issuer, plus every `jwks_url`. An issuer listed in `issuers` that no document announces (Entra
-    /// ID's v1 `sts.windows.net` issuer, say) may use every source's keys, but only once every
-    /// document has been read: until then its tenant's keys are not known.
-    pub fn sources_for(&self, iss: &str) -> Result<Vec<usize>, Unavailable> {
-        let bound: Vec<usize> = (0..self.sources.len())
-            .filter(|&i| self.sources[i].state.lock().unwrap().issuer.as_deref() == Some(iss))
-            .collect();
-        if bound.is_empty() {
-            if let Some(u) = self.undiscovered() {
-                return Err(u);
-            }
-            return Ok((0..self.sources.len()).collect());
-        }
-        let unbound = (0..self.sources.len()).filter(|&i| self.sources[i].kind == Kind::Jwks);
-        Ok(bound.into_iter().chain(unbound).collect())
+    /// The sources whose keys may verify tokens of `iss`.
+    fn bound_to(&self, iss: &str) -> Vec<usize> {
+        (0..self.sources.len()).filter(|&i| self.sources[i].serves(iss)).collect()
     }
 
     /// The keys of `sources` named `kid`, or all their keys when the token names none.
-    pub fn keys(&self, sources: &[usize], kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
+    fn keys_of(&self, sources: &[usize], kid: Option<&str>) -> Vec<Arc<VerifyKey>> {
         let mut out = Vec::new();
         for &i in sources {
             let st = self.sources[i].state.lock().unwrap();
@@ -263,24 +309,17 @@ impl KeyStore {
         out
     }
 
-    /// Why `kid` is in a key set but not used (wrong `use`, weak RSA...), if it is.
-    pub fn skipped_reason(&self, sources: &[usize], kid: &str) -> Option<String> {
+    /// Why `kid` is in one of `sources`' key sets but not used (wrong `use`, weak RSA...), if it is.
+    fn skipped_reason(&self, sources: &[usize], kid: &str) -> Option<String> {
         sources.iter().find_map(|&i| {
             let st = self.sources[i].state.lock().unwrap();
             st.skipped.iter().find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, why)| why.clone())
         })
     }
 
-    /// The first of `sources` that has never been fetched successfully, as a temporary failure.
-    pub fn never_fetched(&self, sources: &[usize]) -> Option<Unavailable> {
-        sources.iter().find_map(|&i| {
-            let src = &self.sources[i];
-            let st = src.state.lock().unwrap();
-            st.fetched_at.is_none().then(|| Unavailable::NoKeys {
-                url: redact_url(&src.url),
-                reason: st.last_error.as_ref().map_or("not fetched yet".into(), |e| e.to_string()),
-            })
-        })
+    /// Why a discovery document has not told its issuer yet, if one has not.
+    fn unread_discovery(&self) -> Option<Unavailable> {
+        self.sources.iter().filter(|s| s.kind == Kind::Discovery).find_map(Source::never_fetched)
     }
 
     /// Notes collected since the last call, for the log.
@@ -296,24 +335,24 @@ struct Fetched {
     max_age: Duration,
 }
 
-async fn fetch(http: &Http, kind: Kind, url: &str, cap: Duration) -> Result<Fetched, Unavailable> {
-    let (issuer, jwks_url) = match kind {
-        Kind::Discovery => {
-            let (doc, _) = get_json(http, url).await?;
-            let bad = |reason: &str| Unavailable::BadReply { url: redact_url(url), reason: reason.into() };
-            let issuer = doc
-                .get("issuer")
-                .and_then(Value::as_str)
-                .filter(|i| !i.is_empty())
-                .ok_or_else(|| bad("discovery document has no issuer"))?;
-            let jwks = doc
-                .get("jwks_uri")
-                .and_then(Value::as_str)
-                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-                .ok_or_else(|| bad("discovery document has no http(s) jwks_uri"))?;
-            (Some(issuer.to_string()), jwks.to_string())
-        }
-        Kind::Jwks => (None, url.to_string()),
+/// Fetches a source: a discovery document and the key set it names, or a key set.
+async fn fetch(http: &Http, discovery: bool, url: &str, cap: Duration) -> Result<Fetched, Unavailable> {
+    let (issuer, jwks_url) = if discovery {
+        let (doc, _) = get_json(http, url).await?;
+        let bad = |reason: &str| Unavailable::BadReply { url: redact_url(url), reason: reason.into() };
+        let issuer = doc
+            .get("issuer")
+            .and_then(Value::as_str)
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| bad("discovery document has no issuer"))?;
+        let jwks = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            .ok_or_else(|| bad("discovery document has no http(s) jwks_uri"))?;
+        (Some(issuer.to_string()), jwks.to_string())
+    } else {
+        (None, url.to_string())
     };
     let (set, cache_control) = get_json(http, &jwks_url).await?;
     let Some(Value::Array(list)) = set.get("keys") else {
@@ -420,8 +459,31 @@ pub fn parse_jwk(v: &Value) -> Result<VerifyKey, String> {
             _ => format!("{key_type} key has the wrong length"),
         });
     }
+    if let ("OKP Ed25519", DecodingKeyKind::SecretOrDer(x)) = (key_type, key.kind()) {
+        check_ed25519_point(x)?;
+    }
     let verifiers = algorithms.iter().map(|&alg| Ok((alg, parse_for(alg, &key)?))).collect::<Result<_, String>>()?;
     Ok(VerifyKey { kid, key_type, verifiers })
+}
+
+/// Refuses Ed25519 public keys no private key can have: aws-lc checks none of this, and with a
+/// small-order key (the identity point, say) a signature verifies for any message. The point must
+/// decode (RFC 8032 5.1.3), be written canonically (y < p, so one key has one encoding), have no
+/// small-order part (an honest key is a multiple of the prime-order base point).
+fn check_ed25519_point(x: &[u8]) -> Result<(), String> {
+    let bytes: [u8; 32] = x.try_into().map_err(|_| "OKP Ed25519 key has the wrong length")?;
+    let encoded = CompressedEdwardsY(bytes);
+    let point = encoded.decompress().ok_or("OKP Ed25519 key is not a point of the curve")?;
+    if point.compress() != encoded {
+        return Err("OKP Ed25519 key is not canonically encoded (y >= p)".into());
+    }
+    if point.is_small_order() {
+        return Err("OKP Ed25519 key is a small-order point, for which signatures can be forged".into());
+    }
+    if !point.is_torsion_free() {
+        return Err("OKP Ed25519 key has a small-order component, which no private key gives".into());
+    }
+    Ok(())
 }
 
 fn rsa_bits(n: &[u8]) -> usize {
@@ -494,8 +556,56 @@ mod tests {
         assert!(e.contains("1024 bits"), "{e}");
     }
 
+    fn ed25519_jwk(x: &[u8]) -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "x": crate::testutil::b64url(x), "kid": "weak"})
+    }
+
+    #[test]
+    fn small_order_ed25519_keys_are_skipped() {
+        // The eight points of order dividing 8, the identity first: with one of them as the public
+        // key, a signature that verifies for any message is easy to make.
+        for point in curve25519_dalek::constants::EIGHT_TORSION {
+            let e = parse_jwk(&ed25519_jwk(point.compress().as_bytes())).unwrap_err();
+            assert!(e.contains("small-order"), "{e}");
+        }
+    }
+
+    #[test]
+    fn non_canonical_ed25519_key_encodings_are_skipped() {
+        // y + p for y < 19: the point of y, written with y out of range (RFC 8032 5.1.3: y < p).
+        let mut p = [0xffu8; 32];
+        (p[0], p[31]) = (0xed, 0x7f);
+        let mut large_order = 0;
+        for y in 0..19u8 {
+            let mut encoded = p;
+            encoded[0] += y;
+            let point = curve25519_dalek::edwards::CompressedEdwardsY(encoded).decompress();
+            large_order += point.is_some_and(|pt| !pt.is_small_order()) as usize;
+            assert!(parse_jwk(&ed25519_jwk(&encoded)).is_err(), "y = p + {y}");
+        }
+        // Some of them are points of large order: refused for their encoding alone.
+        assert!(large_order > 0);
+    }
+
+    #[test]
+    fn ed25519_key_with_a_small_order_component_is_skipped() {
+        let honest = curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+        assert!(parse_jwk(&ed25519_jwk(honest.compress().as_bytes())).is_ok());
+        let mixed = honest + curve25519_dalek::constants::EIGHT_TORSION[1];
+        assert!(parse_jwk(&ed25519_jwk(mixed.compress().as_bytes())).unwrap_err().contains("small-order component"));
+    }
+
+    #[test]
+    fn ed25519_key_that_is_not_a_point_is_skipped() {
+        // y = 2: (y^2 - 1) / (d y^2 + 1) has no square root mod p.
+        let mut encoded = [0u8; 32];
+        encoded[0] = 2;
+        assert!(curve25519_dalek::edwards::CompressedEdwardsY(encoded).decompress().is_none());
+        assert!(parse_jwk(&ed25519_jwk(&encoded)).unwrap_err().contains("not a point"));
+    }
+
     fn store_for(jwks_url: &str) -> (KeyStore, Http) {
-        let text = format!("introspection_mode = local\njwks_url = {jwks_url}\nissuers = https://idp\n");
+        let text = format!("introspection_mode = local\njwks_url = {jwks_url}=https://idp\n");
         let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
         (KeyStore::new(&s, Clock::manual()), Http::new(&s, Default::default(), Clock::manual()).unwrap())
     }
@@ -516,7 +626,7 @@ mod tests {
             let (store, http) = store_for(&srv.url("/k"));
             store.refresh_due(&http).await;
             assert_eq!(store.sources[0].state.lock().unwrap().max_age, Duration::from_secs(120));
-            assert_eq!(store.keys(&[0], Some("e1")).len(), 1);
+            assert_eq!(store.keys_for(&http, "https://idp", Some("e1")).await.unwrap().len(), 1);
         });
     }
 
@@ -529,14 +639,32 @@ mod tests {
             store.refresh_due(&http).await;
             store.refresh_due(&http).await;
             assert_eq!(srv.count("/k"), 1);
-            {
-                let mut st = store.sources[0].state.lock().unwrap();
-                let long_ago = Instant::now().checked_sub(Duration::from_secs(7200)).unwrap();
-                st.fetched_at = Some(long_ago);
-                st.attempted_at = Some(long_ago);
-            }
+            // No Cache-Control: kept for an hour.
+            store.clock.advance(DEFAULT_MAX_AGE - Duration::from_secs(1));
+            store.refresh_due(&http).await;
+            assert_eq!(srv.count("/k"), 1);
+            store.clock.advance(Duration::from_secs(1));
             store.refresh_due(&http).await;
             assert_eq!(srv.count("/k"), 2);
+        });
+    }
+
+    #[test]
+    fn entries_naming_one_key_set_share_it_and_bind_only_their_issuers() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = TestServer::routes(&[("/k", Canned::json(200, &jwks(&[&k])))]).await;
+            let url = srv.url("/k");
+            let text = format!("introspection_mode = local\njwks_url = {url}=https://one {url}=https://two\n");
+            let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
+            let (store, http) =
+                (KeyStore::new(&s, Clock::manual()), Http::new(&s, Default::default(), Clock::manual()).unwrap());
+            assert_eq!(store.sources.len(), 1);
+            assert_eq!(store.keys_for(&http, "https://one", Some("e1")).await.unwrap().len(), 1);
+            assert_eq!(store.keys_for(&http, "https://two", None).await.unwrap().len(), 1);
+            assert_eq!(store.keys_for(&http, "https://three", Some("e1")).await.unwrap_err(), NoKey::UnboundIssuer);
+            assert_eq!(store.keys_for(&http, "https://one", Some("e2")).await.unwrap_err(), NoKey::UnknownKid);
+            assert_eq!(srv.count("/k"), 1);
         });
     }
 
@@ -547,7 +675,7 @@ mod tests {
                 TestServer::routes(&[("/k", Canned::json(200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#))]).await;
             let (store, http) = store_for(&srv.url("/k"));
             store.refresh_due(&http).await;
-            let u = store.never_fetched(&[0]).unwrap();
+            let u = store.sources[0].never_fetched().unwrap();
             assert!(u.to_string().contains("no usable signing key"), "{u}");
         });
     }

@@ -3,14 +3,17 @@
 //! that key allows (never one the token alone asks for), then the claims go through the same rules as
 //! every other mode ([`claims::check`]).
 //!
-//! Issuer rule: with `issuers` set, exactly those `iss` values are accepted; without it, the issuers
-//! announced by the `openid_configuration_url` documents. `iss` is required either way.
+//! Issuer rule: `iss` is required, and a token is checked only with the keys of the sources bound to
+//! its issuer: a discovery document's keys verify the `issuer` it announces, a `jwks_url`'s keys the
+//! issuers its entries name (`KEYS_URL=ISSUER`). An issuer no source is bound to is refused; there is
+//! no fallback to other sources' keys. With `issuers` set, only those of the bound issuers are accepted.
 
 use crate::claims::{self, Claims, Identity};
 use crate::config::Settings;
-use crate::errors::{AuthError, Rejection};
+use crate::errors::{AuthError, ConfigError, Rejection, Unavailable};
+use crate::escape::shown;
 use crate::http::Http;
-use crate::jwks::KeyStore;
+use crate::jwks::{KeyStore, NoKey};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_json::{Map, Value};
@@ -62,11 +65,6 @@ pub fn shape(token: &str) -> Shape<'_> {
     Shape::Jwt(Ok(Jwt { header: header_json, claims, signed, signature }))
 }
 
-/// A value from the token as logs may show it: short, no control characters.
-fn shown(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
-}
-
 /// The algorithm the header asks for, if it is one a provider's public key may have signed with.
 fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     let Some(Value::String(alg)) = h.get("alg") else {
@@ -83,6 +81,11 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     if parsed.family() == AlgorithmFamily::Hmac {
         return Err(Rejection::HmacAlgorithm(shown(alg)));
     }
+    // RFC 8725 3.10: a key, or where to fetch one, named by the token would let its sender pick the
+    // key that verifies it. Refused rather than ignored, so such a token is never mistaken for good.
+    if let Some(name) = ["jku", "x5u", "jwk", "x5c"].into_iter().find(|n| h.contains_key(*n)) {
+        return Err(Rejection::KeyInHeader(name));
+    }
     match h.get("typ") {
         None => {}
         Some(Value::String(t))
@@ -98,8 +101,31 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     Ok(parsed)
 }
 
-/// Verifies a JWT for `login_user`. Key fetches happen here, lazily; a `jku`, `x5u` or embedded `jwk`
-/// in the header is never used: keys only come from the configured sources.
+/// What a login is told when the key store has no key for its token.
+fn no_key(s: &Settings, iss: &str, kid: Option<&str>, e: NoKey) -> AuthError {
+    let kid = shown(kid.unwrap_or("(none named)"));
+    match e {
+        // An issuer the admin listed, that no source serves: their settings, not the user's token.
+        NoKey::UnboundIssuer if s.issuers.iter().any(|i| i == iss) => Unavailable::Settings(ConfigError::Incomplete {
+            path: s.path.clone(),
+            reason: format!(
+                "token issuer '{}' is in issuers, but no key source is bound to it: no openid_configuration_url \
+                 announces it and no jwks_url names it (jwks_url = KEYS_URL=ISSUER)",
+                shown(iss)
+            ),
+        })
+        .into(),
+        NoKey::UnboundIssuer => Rejection::WrongIssuer(shown(iss)).into(),
+        NoKey::Unusable(why) => {
+            Rejection::Invalid(format!("signing key '{kid}' is not usable: {}", shown(&why))).into()
+        }
+        NoKey::UnknownKid => Rejection::UnknownKey(kid).into(),
+        NoKey::Unavailable(u) => u.into(),
+    }
+}
+
+/// Verifies a JWT for `login_user`. Key fetches happen here, lazily; keys only come from the
+/// configured sources (a token with `jku`, `x5u`, `jwk` or `x5c` in its header is refused).
 pub async fn validate(
     keys: &KeyStore,
     http: &Http,
@@ -121,31 +147,7 @@ pub async fn validate(
     if !s.issuers.is_empty() && !s.issuers.contains(iss) {
         return Err(Rejection::WrongIssuer(shown(iss)).into());
     }
-    keys.refresh_due(http).await;
-    if s.issuers.is_empty() && !keys.discovered_issuers().contains(iss) {
-        // A discovery document not read yet may be the one announcing this issuer.
-        if let Some(u) = keys.undiscovered() {
-            return Err(u.into());
-        }
-        return Err(Rejection::WrongIssuer(shown(iss)).into());
-    }
-    let sources = keys.sources_for(iss)?;
-    let mut candidates = keys.keys(&sources, kid);
-    if candidates.is_empty() {
-        // The provider may have rotated its keys since we fetched them.
-        keys.refresh_for_unknown_key(http, &sources).await;
-        candidates = keys.keys(&sources, kid);
-    }
-    if candidates.is_empty() {
-        if let Some(u) = keys.never_fetched(&sources) {
-            return Err(u.into());
-        }
-        let kid = kid.unwrap_or("(none named)");
-        if let Some(why) = keys.skipped_reason(&sources, kid) {
-            return Err(Rejection::Invalid(format!("signing key '{}' is not usable: {why}", shown(kid))).into());
-        }
-        return Err(Rejection::UnknownKey(shown(kid)).into());
-    }
+    let candidates = keys.keys_for(http, iss, kid).await.map_err(|e| no_key(s, iss, kid, e))?;
     let usable: Vec<_> = candidates.iter().filter(|k| k.allows(alg)).collect();
     if usable.is_empty() {
         return Err(Rejection::KeyAlgorithmMismatch {
@@ -162,7 +164,7 @@ pub async fn validate(
         return Err(Rejection::BadSignature.into());
     }
     // A locally checked token cannot be revoked: it must say when it ends (RFC 9068 requires exp).
-    if !matches!(jwt.claims.get("exp"), Some(Value::Number(_))) {
+    if claims::time_claim(&jwt.claims, "exp")?.is_none() {
         return Err(Rejection::MissingClaim("exp").into());
     }
     Ok(claims::check(s, &jwt.claims, login_user, now)?)
@@ -217,9 +219,10 @@ mod tests {
 #[cfg(test)]
 mod local_tests {
     use crate::cache::Source;
+    use crate::clock::Clock;
     use crate::config::Settings;
     use crate::errors::{Rejection, Unavailable, Verdict};
-    use crate::lookup::{unix_now, Authenticator};
+    use crate::lookup::Authenticator;
     use crate::testutil::{b64url, jwks, Canned, TestKey, TestServer};
     use jsonwebtoken::Algorithm;
     use serde_json::{json, Value};
@@ -243,19 +246,26 @@ mod local_tests {
         srv
     }
 
+    /// An authenticator on a manual clock: tests about time move it, none sleeps.
+    fn authenticator(text: &str) -> Authenticator {
+        Authenticator::with_clock(Settings::parse(Path::new("t.conf"), text).unwrap(), Clock::manual()).unwrap()
+    }
+
     fn local(srv: &TestServer, extra: &str) -> Authenticator {
-        let text = format!(
+        authenticator(&format!(
             "introspection_mode = local\nopenid_configuration_url = {}\naudience = mail\n{extra}",
             srv.url(DISCOVERY)
-        );
-        Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap()
+        ))
     }
+
+    /// Issued long ago, valid for decades: tests not about time do not depend on the clock.
+    const ISSUED: u64 = 1_700_000_000;
+    const EXPIRES: u64 = 4_102_444_800;
 
     /// Claims a real access token for alice would carry.
     fn claims(srv: &TestServer) -> Value {
-        let now = unix_now();
         json!({"iss": srv.url(""), "aud": "mail", "email": "alice@example.test", "sub": "1",
-               "scope": "openid mail", "iat": now, "exp": now + 300})
+               "scope": "openid mail", "iat": ISSUED, "exp": EXPIRES})
     }
 
     fn with(mut v: Value, key: &str, value: Value) -> Value {
@@ -405,12 +415,40 @@ mod local_tests {
     }
 
     #[test]
+    fn identity_point_ed25519_key_does_not_verify_a_forged_signature() {
+        rt().block_on(async {
+            let good = TestKey::es256("good");
+            let srv = provider(&[&good]).await;
+            // The identity point as a published key: [S]B = R + [k]A holds for S = 0, R = identity,
+            // whatever the message.
+            let identity = {
+                let mut y = [0u8; 32];
+                y[0] = 1;
+                y
+            };
+            let weak = json!({"kty": "OKP", "crv": "Ed25519", "kid": "weak", "x": b64url(&identity)});
+            srv.set("/jwks", Canned::json(200, &json!({"keys": [good.jwk, weak]}).to_string()));
+            let signed = format!(
+                "{}.{}",
+                b64url(br#"{"alg":"EdDSA","kid":"weak"}"#),
+                b64url(claims(&srv).to_string().as_bytes())
+            );
+            let forged = format!("{signed}.{}", b64url(&[&identity[..], &[0u8; 32]].concat()));
+            let e = verdict(&local(&srv, ""), &forged).await;
+            assert!(
+                matches!(rejected(&e), Rejection::Invalid(why) if why.contains("'weak' is not usable") && why.contains("small-order")),
+                "{e:?}"
+            );
+        });
+    }
+
+    #[test]
     fn expired_token_is_rejected_after_the_leeway() {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
             let a = local(&srv, "leeway_secs = 60\n");
-            let now = unix_now();
+            let now = a.clock().unix();
             assert_eq!(
                 verdict(&a, &k.sign(&with(claims(&srv), "exp", json!(now - 30)))).await,
                 Verdict::Accept(vec![])
@@ -425,7 +463,8 @@ mod local_tests {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
-            let e = verdict(&local(&srv, ""), &k.sign(&with(claims(&srv), "nbf", json!(unix_now() + 600)))).await;
+            let a = local(&srv, "");
+            let e = verdict(&a, &k.sign(&with(claims(&srv), "nbf", json!(a.clock().unix() + 600)))).await;
             assert!(matches!(rejected(&e), Rejection::NotYetValid(_)), "{e:?}");
         });
     }
@@ -435,7 +474,8 @@ mod local_tests {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
-            let e = verdict(&local(&srv, ""), &k.sign(&with(claims(&srv), "iat", json!(unix_now() + 600)))).await;
+            let a = local(&srv, "");
+            let e = verdict(&a, &k.sign(&with(claims(&srv), "iat", json!(a.clock().unix() + 600)))).await;
             assert!(matches!(rejected(&e), Rejection::IssuedInFuture(_)), "{e:?}");
         });
     }
@@ -447,6 +487,36 @@ mod local_tests {
             let srv = provider(&[&k]).await;
             let e = verdict(&local(&srv, ""), &k.sign(&without(claims(&srv), "exp"))).await;
             assert_eq!(rejected(&e), &Rejection::MissingClaim("exp"));
+        });
+    }
+
+    #[test]
+    fn token_with_a_negative_or_malformed_exp_is_rejected() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = provider(&[&k]).await;
+            let a = local(&srv, "");
+            for bad in [json!(-1), json!(-4_102_444_800i64), json!("never"), json!(true), json!(1e300)] {
+                let e = verdict(&a, &k.sign(&with(claims(&srv), "exp", bad.clone()))).await;
+                assert_eq!(rejected(&e), &Rejection::MalformedClaim("exp"), "exp = {bad}");
+            }
+            let e = verdict(&a, &k.sign(&with(claims(&srv), "exp", json!(null)))).await;
+            assert_eq!(rejected(&e), &Rejection::MissingClaim("exp"));
+        });
+    }
+
+    #[test]
+    fn introspection_reply_with_a_malformed_exp_is_rejected() {
+        rt().block_on(async {
+            let k = TestKey::es256("e1");
+            let srv = provider(&[&k]).await;
+            let reply = r#"{"active":true,"email":"alice@example.test","aud":"mail","exp":"tomorrow"}"#;
+            srv.set("/introspect", Canned::json(200, reply));
+            let a = local(
+                &srv,
+                &format!("introspection_url = {}\nclient_id = dovecot\nclient_secret = s\n", srv.url("/introspect")),
+            );
+            assert_eq!(rejected(&verdict(&a, "opaque-token").await), &Rejection::MalformedClaim("exp"));
         });
     }
 
@@ -471,11 +541,18 @@ mod local_tests {
     }
 
     #[test]
-    fn pinned_issuers_replace_the_discovered_one_and_refuse_before_any_fetch() {
+    fn pinned_issuers_refuse_other_issuers_before_any_fetch() {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
-            let a = local(&srv, "issuers = https://idp.example.test\n");
+            // The pinned issuer is announced by no document: its key set is bound to it explicitly.
+            let a = local(
+                &srv,
+                &format!(
+                    "issuers = https://idp.example.test\njwks_url = {}=https://idp.example.test\n",
+                    srv.url("/jwks")
+                ),
+            );
             assert!(matches!(rejected(&verdict(&a, &k.sign(&claims(&srv))).await), Rejection::WrongIssuer(_)));
             assert!(srv.requests().is_empty());
             let pinned = k.sign(&with(claims(&srv), "iss", json!("https://idp.example.test")));
@@ -557,15 +634,30 @@ mod local_tests {
     }
 
     #[test]
-    fn key_embedded_in_the_token_header_is_never_used() {
+    fn key_or_key_url_in_the_token_header_is_refused_and_never_fetched() {
         rt().block_on(async {
             let real = TestKey::es256("e1");
             let attacker = TestKey::es256("mine");
             let srv = provider(&[&real]).await;
+            let a = local(&srv, "");
             let header = json!({"alg": "ES256", "kid": "mine", "jwk": attacker.jwk, "jku": srv.url("/attacker-jwks")});
-            let e = verdict(&local(&srv, ""), &attacker.sign_with(&header, &claims(&srv))).await;
-            assert_eq!(rejected(&e), &Rejection::UnknownKey("mine".into()));
+            let e = verdict(&a, &attacker.sign_with(&header, &claims(&srv))).await;
+            assert_eq!(rejected(&e), &Rejection::KeyInHeader("jku"));
             assert_eq!(srv.count("/attacker-jwks"), 0);
+            // Refused, not ignored: even signed by the provider's own key.
+            for (name, value) in [
+                ("jku", json!(srv.url("/jwks"))),
+                ("x5u", json!(srv.url("/cert.pem"))),
+                ("jwk", real.jwk.clone()),
+                ("x5c", json!(["MIIB"])),
+            ] {
+                let header = json!({"alg": "ES256", "kid": "e1", name: value});
+                let e = verdict(&a, &real.sign_with(&header, &claims(&srv))).await;
+                assert_eq!(rejected(&e), &Rejection::KeyInHeader(name), "{name}");
+            }
+            // A thumbprint only names a key (Entra ID sends x5t): not refused.
+            let header = json!({"alg": "ES256", "kid": "e1", "x5t": "bm90LWEta2V5"});
+            assert_eq!(verdict(&a, &real.sign_with(&header, &claims(&srv))).await, Verdict::Accept(vec![]));
         });
     }
 
@@ -657,8 +749,8 @@ mod local_tests {
             let a = local(&srv, "jwks_refetch_min_interval_secs = 1\n");
             assert_eq!(verdict(&a, &old.sign(&claims(&srv))).await, Verdict::Accept(vec![]));
             srv.set("/jwks", Canned::json(200, &jwks(&[&new])));
-            // Providers rotate long after our first fetch; here, just past the refetch interval.
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            // Providers rotate long after our first fetch; here, just at the refetch interval.
+            a.clock().advance(Duration::from_secs(1));
             assert_eq!(verdict(&a, &new.sign(&claims(&srv))).await, Verdict::Accept(vec![]));
             assert_eq!(srv.count("/jwks"), 2);
         });
@@ -683,7 +775,7 @@ mod local_tests {
             let srv = provider(&[&k]).await;
             let a = local(&srv, "jwks_refetch_min_interval_secs = 1\n");
             assert_eq!(verdict(&a, &k.sign(&claims(&srv))).await, Verdict::Accept(vec![]));
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            a.clock().advance(Duration::from_secs(1));
             for i in 0..50 {
                 let forged = k.sign_with(&json!({"alg": "ES256", "kid": format!("forged-{i}")}), &claims(&srv));
                 assert!(matches!(rejected(&verdict(&a, &forged).await), Rejection::UnknownKey(_)));
@@ -703,8 +795,11 @@ mod local_tests {
             let forged = |i: u32| k.sign_with(&json!({"alg": "ES256", "kid": format!("f{i}")}), &claims(&srv));
             verdict(&a, &forged(1)).await;
             assert_eq!(srv.count("/jwks"), 1);
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            a.clock().advance(Duration::from_millis(999));
             verdict(&a, &forged(2)).await;
+            assert_eq!(srv.count("/jwks"), 1);
+            a.clock().advance(Duration::from_millis(1));
+            verdict(&a, &forged(3)).await;
             assert_eq!(srv.count("/jwks"), 2);
         });
     }
@@ -748,35 +843,36 @@ mod local_tests {
             let port = TestServer::closed_port();
             let text =
                 format!("introspection_mode = local\nopenid_configuration_url = http://127.0.0.1:{port}{DISCOVERY}\n");
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
-            let t = k.sign(&json!({"iss": "x", "email": "alice@example.test", "exp": unix_now() + 60}));
+            let a = authenticator(&text);
+            let t = k.sign(&json!({"iss": "x", "email": "alice@example.test", "exp": EXPIRES}));
             let o = a.verify("alice@example.test", t.as_bytes()).await;
             assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::NoKeys { .. })), "{:?}", o.verdict);
         });
     }
 
     #[test]
-    fn jwks_url_with_pinned_issuers_down_from_the_start_is_a_temporary_failure() {
+    fn jwks_url_down_from_the_start_is_a_temporary_failure() {
         rt().block_on(async {
             let k = TestKey::es256("e1");
             let port = TestServer::closed_port();
-            let text =
-                format!("introspection_mode = local\njwks_url = http://127.0.0.1:{port}/jwks\nissuers = https://idp\n");
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
-            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": unix_now() + 60}));
+            let text = format!("introspection_mode = local\njwks_url = http://127.0.0.1:{port}/jwks=https://idp\n");
+            let a = authenticator(&text);
+            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": EXPIRES}));
             assert!(matches!(verdict(&a, &t).await, Verdict::TempFail(Unavailable::NoKeys { .. })));
         });
     }
 
     #[test]
-    fn jwks_url_with_pinned_issuers_accepts_without_discovery() {
+    fn jwks_url_bound_to_an_issuer_accepts_its_tokens_without_discovery() {
         rt().block_on(async {
             let k = TestKey::ed25519("e1");
             let srv = TestServer::routes(&[("/keys", Canned::json(200, &jwks(&[&k])))]).await;
-            let text = format!("introspection_mode = local\njwks_url = {}\nissuers = https://idp\n", srv.url("/keys"));
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
-            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": unix_now() + 60}));
+            let text = format!("introspection_mode = local\njwks_url = {}=https://idp\n", srv.url("/keys"));
+            let a = authenticator(&text);
+            let t = k.sign(&json!({"iss": "https://idp", "email": "alice@example.test", "exp": EXPIRES}));
             assert_eq!(verdict(&a, &t).await, Verdict::Accept(vec![]));
+            let other = k.sign(&json!({"iss": "https://other", "email": "alice@example.test", "exp": EXPIRES}));
+            assert_eq!(rejected(&verdict(&a, &other).await), &Rejection::WrongIssuer("https://other".into()));
         });
     }
 
@@ -801,12 +897,98 @@ mod local_tests {
                 a_srv.url(DISCOVERY),
                 b_srv.url(DISCOVERY)
             );
-            let a = Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
+            let a = authenticator(&text);
             assert_eq!(verdict(&a, &ka.sign(&claims(&a_srv))).await, Verdict::Accept(vec![]));
             assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
             // Tenant A's key signing a token that claims tenant B's issuer.
             let e = verdict(&a, &ka.sign(&claims(&b_srv))).await;
             assert_eq!(rejected(&e), &Rejection::UnknownKey("a".into()));
+        });
+    }
+
+    /// Two tenants on loopback, each with its own discovery document and issuer, both signing with a
+    /// key named "k": only the key set a token's issuer is bound to can tell them apart.
+    async fn two_tenants() -> ((TestKey, TestServer), (TestKey, TestServer)) {
+        let (ka, kb) = (TestKey::es256("k"), TestKey::es256("k"));
+        let (a, b) = (provider(&[&ka]).await, provider(&[&kb]).await);
+        ((ka, a), (kb, b))
+    }
+
+    fn tenants_settings(a: &TestServer, b: &TestServer, extra: &str) -> String {
+        format!(
+            "introspection_mode = local\naudience = mail\nopenid_configuration_url = {} {}\n{extra}",
+            a.url(DISCOVERY),
+            b.url(DISCOVERY)
+        )
+    }
+
+    const ALIAS: &str = "https://sts.alias.test/tenant-a/";
+
+    #[test]
+    fn listed_issuer_that_no_document_announces_is_verified_by_no_tenants_keys() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            // The README's old Entra recipe: an `issuers` entry no discovery document announces.
+            let issuers = format!("issuers = {} {} {ALIAS}\n", a_srv.url(""), b_srv.url(""));
+            let a = authenticator(&tenants_settings(&a_srv, &b_srv, &issuers));
+            let alias = |k: &TestKey| k.sign(&with(claims(&a_srv), "iss", json!(ALIAS)));
+            for key in [&kb, &ka] {
+                let v = verdict(&a, &alias(key)).await;
+                assert!(matches!(&v, Verdict::TempFail(Unavailable::Settings(_))), "{v:?}");
+                assert!(v_text(&v).contains("no key source is bound to it"), "{v:?}");
+            }
+            // Each tenant's own tokens still work.
+            assert_eq!(verdict(&a, &ka.sign(&claims(&a_srv))).await, Verdict::Accept(vec![]));
+            assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
+        });
+    }
+
+    fn v_text(v: &Verdict) -> String {
+        match v {
+            Verdict::Accept(_) => "accepted".into(),
+            Verdict::Reject(r) => r.to_string(),
+            Verdict::TempFail(u) => u.to_string(),
+        }
+    }
+
+    #[test]
+    fn another_tenants_key_under_the_same_kid_does_not_verify_this_tenants_issuer() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            let a = authenticator(&tenants_settings(&a_srv, &b_srv, ""));
+            assert_eq!(rejected(&verdict(&a, &kb.sign(&claims(&a_srv))).await), &Rejection::BadSignature);
+            assert_eq!(rejected(&verdict(&a, &ka.sign(&claims(&b_srv))).await), &Rejection::BadSignature);
+        });
+    }
+
+    #[test]
+    fn alias_bound_to_a_jwks_url_is_verified_only_by_that_key_set() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            let bind = format!("jwks_url = {}={ALIAS}\n", a_srv.url("/jwks"));
+            let a = authenticator(&tenants_settings(&a_srv, &b_srv, &bind));
+            let alias = |k: &TestKey| k.sign(&with(claims(&a_srv), "iss", json!(ALIAS)));
+            assert_eq!(verdict(&a, &alias(&ka)).await, Verdict::Accept(vec![]));
+            assert_eq!(rejected(&verdict(&a, &alias(&kb)).await), &Rejection::BadSignature);
+            assert_eq!(rejected(&verdict(&a, &kb.sign(&claims(&a_srv))).await), &Rejection::BadSignature);
+            assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
+        });
+    }
+
+    #[test]
+    fn jwks_url_keys_do_not_verify_tokens_of_a_discovered_issuer() {
+        rt().block_on(async {
+            let ((ka, a_srv), (kb, b_srv)) = two_tenants().await;
+            let text = format!(
+                "introspection_mode = local\naudience = mail\nopenid_configuration_url = {}\njwks_url = {}={}\n",
+                a_srv.url(DISCOVERY),
+                b_srv.url("/jwks"),
+                b_srv.url("")
+            );
+            let a = authenticator(&text);
+            assert_eq!(rejected(&verdict(&a, &kb.sign(&claims(&a_srv))).await), &Rejection::BadSignature);
+            assert_eq!(verdict(&a, &kb.sign(&claims(&b_srv))).await, Verdict::Accept(vec![]));
+            assert_eq!(verdict(&a, &ka.sign(&claims(&a_srv))).await, Verdict::Accept(vec![]));
         });
     }
 
@@ -816,10 +998,11 @@ mod local_tests {
             let k = TestKey::es256("e1");
             let srv = provider(&[&k]).await;
             let a = local(&srv, "leeway_secs = 0\n");
-            let t = k.sign(&with(claims(&srv), "exp", json!(unix_now() + 1)));
+            let now = a.clock().unix();
+            let t = k.sign(&with(with(claims(&srv), "iat", json!(now)), "exp", json!(now + 1)));
             assert_eq!(verdict(&a, &t).await, Verdict::Accept(vec![]));
             assert_eq!(a.verify("alice@example.test", t.as_bytes()).await.source, Some(Source::Cache));
-            tokio::time::sleep(Duration::from_millis(2100)).await;
+            a.clock().advance(Duration::from_secs(1));
             let o = a.verify("alice@example.test", t.as_bytes()).await;
             assert_eq!(o.source, Some(Source::Provider));
             assert!(matches!(rejected(&o.verdict), Rejection::Expired(_)));

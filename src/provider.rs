@@ -38,7 +38,12 @@ pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result
             }
         };
         let reply = http.send(req, url).await?;
-        for (k, v) in parse_reply(&reply, url, post)? {
+        let answer = parse_reply(&reply, url, post)?;
+        // RFC 7662 2.2: `active` is required; a reply without it says nothing about the token.
+        if post && !answer.contains_key("active") {
+            return Err(Rejection::NoActive.into());
+        }
+        for (k, v) in answer {
             claims.insert(k, v);
         }
     }
@@ -188,6 +193,23 @@ mod tests {
             parse_reply(&reply(200, r#"{"error":"invalid_token"}"#), "https://idp/me", false),
             Err(AuthError::Rejected(_))
         ));
+    }
+
+    #[test]
+    fn rfc7662_reply_without_active_is_refused_in_post_mode() {
+        use crate::testutil::{Canned, TestServer};
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"alice@example.test"}"#)).await;
+            let text = format!("introspection_url = {}\nintrospection_mode = post\nclient_id = c\n", srv.url("/i"));
+            let s = Settings::parse(std::path::Path::new("t"), &text).unwrap();
+            let http = Http::new(&s, Default::default(), crate::clock::Clock::manual()).unwrap();
+            let token = Token::parse(b"opaque", 100).unwrap();
+            assert_eq!(fetch_claims(&http, &s, token).await, Err(Rejection::NoActive.into()));
+            // A userinfo-style reply (auth mode) has no `active`, and needs none.
+            let text = format!("introspection_url = {}\n", srv.url("/i"));
+            let s = Settings::parse(std::path::Path::new("t"), &text).unwrap();
+            assert!(fetch_claims(&http, &s, token).await.is_ok());
+        });
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(warm.verify(black_box(&user), black_box(opaque.as_bytes()))))
     });
     let warm_jwt = engine(&format!(
-        "introspection_mode = local\njwks_url = {}\nissuers = {ISS}\naudience = {AUD}\n",
+        "introspection_mode = local\njwks_url = {}={ISS}\nissuers = {ISS}\naudience = {AUD}\n",
         stub.url("/jwks")
     ));
     accept(&warm_jwt.verify(&user, jwts[0].as_bytes()).verdict);
@@ -59,7 +59,7 @@ fn benches(c: &mut Criterion) {
     });
 
     let local = engine(&format!(
-        "introspection_mode = local\njwks_url = {}\nissuers = {ISS}\naudience = {AUD}\ncache_ttl_secs = 0\n",
+        "introspection_mode = local\njwks_url = {}={ISS}\nissuers = {ISS}\naudience = {AUD}\ncache_ttl_secs = 0\n",
         stub.url("/jwks")
     ));
     let mut g = c.benchmark_group("jwt_verify");

@@ -125,7 +125,7 @@ fn describe_settings(s: &Settings) {
         println!("openid_configuration_url: {}", redact_url(u));
     }
     for u in &s.jwks_url {
-        println!("jwks_url: {}", redact_url(u));
+        println!("jwks_url: {} (verifies issuer {})", redact_url(&u.url), u.issuer);
     }
     println!("username_attribute: {} (compared after username_format)", s.username_attribute);
     for (name, list) in [("scope", &s.scope), ("audience", &s.audience), ("issuers", &s.issuers)] {

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import ROOT, running_stack
-from idp import decode_jwt
+from idp import IdP, decode_jwt
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 AUDIENCE = "urn:dovecot"
@@ -239,14 +239,16 @@ def test_token_without_aud_is_rejected_when_audience_is_set(stack, live_idp):
 
 
 def test_unknown_kid_is_rejected_after_one_key_refetch(make_stack, live_idp):
-    s = make_stack(local_settings(live_idp, "jwks_refetch_min_interval_secs = 3\n"), auth_worker_max_count=1,
+    # The interval leaves a busy machine ample time for the three logins after the refetch.
+    interval = 10
+    s = make_stack(local_settings(live_idp, f"jwks_refetch_min_interval_secs = {interval}\n"), auth_worker_max_count=1,
                    postfix=False)
     assert s.imap_login(ALICE, live_idp.token("alice", jwt=True)).ok
     first_fetch = time.monotonic()
     stranger = new_key("RS256", "not-the-providers-kid")
     forged = [sign(stranger, {"alg": "RS256", "typ": "at+jwt", "kid": "not-the-providers-kid"}, claims(live_idp))
               for _ in range(3)]
-    time.sleep(max(0.0, 3.2 - (time.monotonic() - first_fetch)))  # past the interval since the first fetch
+    time.sleep(max(0.0, interval + 0.2 - (time.monotonic() - first_fetch)))  # past the interval since the first fetch
     live_idp.reset_stats()
     refetched = time.monotonic()
     assert_refused(s, forged[0], "no signing key 'not-the-providers-kid' for this issuer, even after refetching the keys")
@@ -254,7 +256,7 @@ def test_unknown_kid_is_rejected_after_one_key_refetch(make_stack, live_idp):
     # More made-up kids within the interval do not reach the provider.
     for t in forged[1:]:
         assert rejected(s.imap_login(ALICE, t))
-    assert time.monotonic() - refetched < 3, "too slow to test the rate limit"
+    assert time.monotonic() - refetched < interval, "too slow to test the rate limit"
     assert live_idp.stats().get("/jwks", 0) == 1, live_idp.stats()
 
 
@@ -299,6 +301,91 @@ def test_opaque_token_without_introspection_url_is_rejected_with_the_reason(stac
     live_idp.reset_stats()
     assert_refused(stack, live_idp.token("alice"), "opaque token and no introspection_url for non-JWT tokens")
     assert live_idp.stats().get("/me", 0) == 0
+
+
+def test_token_with_a_negative_exp_is_rejected(stack, live_idp):
+    # A signed exp that is not a time must not count as absent (or as "never expires").
+    assert_refused(stack, provider_signed(live_idp, exp=-1), "token claim 'exp' is not a time")
+
+
+@pytest.mark.parametrize("name", ["jku", "x5u", "jwk", "x5c"])
+def test_token_naming_a_key_in_its_header_is_rejected_even_when_validly_signed(stack, live_idp, name):
+    key = provider_key(live_idp)
+    value = {"jku": f"{live_idp.issuer}/jwks", "x5u": f"{live_idp.issuer}/cert.pem", "jwk": public_jwk(key),
+             "x5c": ["MIIB"]}[name]
+    token = sign(key, {"alg": key["alg"], "typ": "at+jwt", "kid": key["kid"], name: value}, claims(live_idp))
+    assert_refused(stack, token, f"token header carries '{name}'")
+
+
+def test_audience_with_a_space_inside_one_value_is_rejected(stack, live_idp):
+    token = provider_signed(live_idp, aud=f"evil {AUDIENCE}")
+    assert_refused(stack, token, f"token audience does not include any of '{AUDIENCE}'")
+
+
+def test_username_claim_that_is_an_array_is_rejected(stack, live_idp):
+    token = provider_signed(live_idp, email=[ALICE, None])
+    assert_refused(stack, token, "provider reply's 'email' (username_attribute) is not one string")
+
+
+# --- two tenants: a key verifies only the issuer its source is bound to -----------------------------
+
+ALIAS = "https://sts.windows.test/tenant-a/"  # like Entra's v1 issuer: announced by no discovery document
+
+
+@pytest.fixture(scope="module")
+def tenant_b(workroot, idp):
+    """A second, independent provider: another tenant with its own issuer and key, whose key has the
+    same kid as tenant A's (kids are the providers' to choose: only the binding tells them apart)."""
+    d = os.path.join(workroot, "idp-tenant-b")
+    os.makedirs(d, exist_ok=True)
+    kid = provider_key(idp)["kid"]
+    keys = os.path.join(d, f"keys-{secrets.token_hex(4)}.json")
+    with open(keys, "w") as f:
+        json.dump({"keys": [new_key("RS256", kid)]}, f)
+    b = IdP(d, keys_file=keys, jwt_kid=kid)
+    b.start()
+    yield b
+    b.stop()
+
+
+def tenant_token(signer, tenant_a, **changes) -> str:
+    key = provider_key(signer)
+    return sign(key, {"alg": key["alg"], "typ": "at+jwt", "kid": key["kid"]}, claims(tenant_a, **changes))
+
+
+def two_tenant_settings(a, b, extra: str = "") -> str:
+    return (
+        "introspection_mode = local\n"
+        f"openid_configuration_url = {a.discovery_url} {b.discovery_url}\n"
+        f"audience = {AUDIENCE}\n"
+        "username_attribute = email\n" + extra
+    )
+
+
+def test_listed_issuer_no_document_announces_is_not_verified_with_another_tenants_key(
+        make_stack, live_idp, tenant_b):
+    # The README's former Entra recipe: an `issuers` entry that no discovery document announces.
+    s = make_stack(two_tenant_settings(live_idp, tenant_b, f"issuers = {live_idp.issuer} {tenant_b.issuer} {ALIAS}\n"),
+                   postfix=False)
+    mark = s.log_mark()
+    r = s.imap_login(ALICE, tenant_token(tenant_b, live_idp, iss=ALIAS))
+    assert not r.ok and r.tempfail, r.text
+    log = s.wait_log(mark, "temporary failure")
+    assert f"token issuer '{ALIAS}' is in issuers, but no key source is bound to it" in log, log[-2000:]
+    # Each tenant's own tokens are accepted, and neither key signs for the other tenant.
+    assert s.imap_login(ALICE, live_idp.token("alice", jwt=True)).ok
+    assert s.imap_login(ALICE, tenant_b.token("alice", jwt=True)).ok
+    assert provider_key(tenant_b)["kid"] == provider_key(live_idp)["kid"]
+    assert_refused(s, tenant_token(tenant_b, live_idp), "signature does not verify")
+
+
+def test_alias_bound_to_a_tenants_key_set_is_verified_only_with_that_key_set(make_stack, live_idp, tenant_b):
+    s = make_stack(two_tenant_settings(live_idp, tenant_b, f"jwks_url = {live_idp.jwks_url}={ALIAS}\n"), postfix=False)
+    r = s.imap_login(ALICE, tenant_token(live_idp, live_idp, iss=ALIAS))
+    assert r.ok, r.text
+    assert_refused(s, tenant_token(tenant_b, live_idp, iss=ALIAS), "signature does not verify")
+    assert_refused(s, tenant_token(tenant_b, live_idp), "signature does not verify")
+    assert s.imap_login(ALICE, tenant_b.token("alice", jwt=True)).ok
 
 
 # --- opaque tokens next to JWTs --------------------------------------------------------------------

@@ -33,7 +33,7 @@ fn main() {
     let conf = match mode.as_str() {
         "cold-introspect" => format!("introspection_url = {}\nintrospection_mode = post\n", stub.url("/introspect")),
         "jwt" => format!(
-            "introspection_mode = local\njwks_url = {}\nissuers = https://idp.bench.test\naudience = urn:dovecot\n",
+            "introspection_mode = local\njwks_url = {}=https://idp.bench.test\nissuers = https://idp.bench.test\naudience = urn:dovecot\n",
             stub.url("/jwks")
         ),
         _ => format!("introspection_url = {}\nintrospection_mode = auth\n", stub.url("/userinfo")),
