@@ -130,6 +130,14 @@ pub enum Unavailable {
     Internal(String),
 }
 
+impl Unavailable {
+    /// No answer came back for this request (no connection, reset, TLS or name failure, timeout): the
+    /// only failures that say the provider cannot be reached, rather than something about a token.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Unavailable::Unreachable { .. } | Unavailable::Timeout { .. })
+    }
+}
+
 /// What Dovecot is told. Mapped to `dovecot.auth.PASSDB_RESULT_*` by the Lua binding and nowhere else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -2,7 +2,7 @@
 //! no proxy from the environment, a circuit breaker per provider host, and name lookups whose
 //! threads are joined before the module can be unloaded.
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, Pass};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::errors::{ConfigError, Unavailable};
@@ -30,6 +30,21 @@ pub struct Reply {
     pub elapsed: Duration,
     /// The `Cache-Control` header, for how long fetched signing keys may be kept.
     pub cache_control: Option<String>,
+}
+
+/// What a request asks the provider, which decides what its failure says about the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Nothing about a token (discovery document, key set): no answer, a 5xx, 429, redirect or an
+    /// unusable reply all say the provider is unwell and count against it.
+    Provider,
+    /// About one token: only a transport failure (no connection, TLS, timeout) counts. Any answer,
+    /// even a 5xx, shows the provider is reachable; a token can make a provider fail (some answer 500
+    /// to garbage), and one client's tokens must not lock every other user out.
+    Token,
+    /// About a token whose earlier acceptance is stale (`stale_if_error_secs`): sent even while the
+    /// circuit is open, since only this token's own answer can tell a revocation from an outage.
+    StaleToken,
 }
 
 /// getaddrinfo (so /etc/hosts and nsswitch apply as for Dovecot) on a short-lived thread, so a hung
@@ -126,19 +141,35 @@ impl Http {
         &self.client
     }
 
-    /// Sends a request and reads at most `max_response_bytes` of its body, all within `timeout`.
-    /// `shown_url` is what errors name: the configured URL without credentials or query.
+    /// Sends a request that carries no token (a discovery document, a key set) and reads at most
+    /// `max_response_bytes` of its body, all within `timeout`. `shown_url` is what errors name: the
+    /// configured URL, shown without credentials or query.
     pub async fn send(&self, req: reqwest::RequestBuilder, shown_url: &str) -> Result<Reply, Unavailable> {
+        self.send_as(req, shown_url, Ask::Provider).await
+    }
+
+    /// [`Http::send`] for a request of the given kind, which decides how its outcome counts for the
+    /// circuit breaker.
+    pub async fn send_as(&self, req: reqwest::RequestBuilder, shown_url: &str, ask: Ask) -> Result<Reply, Unavailable> {
         let url = redact_url(shown_url);
         let host = breaker_key(&url).to_string();
-        if let Err(open) = self.breaker.admit(&host) {
-            trace::note(|| format!("provider {host}: circuit open, not asked ({} failures in a row)", open.failures));
-            return Err(Unavailable::CircuitOpen {
-                host,
-                failures: open.failures,
-                retry_in_secs: open.retry_in.as_secs().max(1),
-            });
-        }
+        let pass = if ask == Ask::StaleToken {
+            Pass::Bypass
+        } else {
+            match self.breaker.admit(&host) {
+                Ok(pass) => pass,
+                Err(open) => {
+                    trace::note(|| {
+                        format!("provider {host}: circuit open, not asked ({} failures in a row)", open.failures)
+                    });
+                    return Err(Unavailable::CircuitOpen {
+                        host,
+                        failures: open.failures,
+                        retry_in_secs: open.retry_in.as_secs().max(1),
+                    });
+                }
+            }
+        };
         let request =
             req.build().map_err(|e| Unavailable::Internal(format!("request to {url}: {}", e.without_url())))?;
         let method = request.method().clone();
@@ -155,15 +186,20 @@ impl Http {
                 result = self.exchange(again, &url, started).await;
             }
         }
-        // 4xx answers mean the provider is up (it judged the token or our credentials); only silence,
-        // 5xx, 429, redirects and unusable replies count against it.
+        // For the counters: 4xx answers mean the provider is up (it judged the token or our
+        // credentials); silence, 5xx, 429, redirects and unusable replies are failures.
         let failed = match &result {
             Ok(r) => r.status >= 500 || r.status == 429 || (300..400).contains(&r.status),
             Err(_) => true,
         };
         self.stats.provider_request(started.elapsed(), failed);
-        if failed {
-            if self.breaker.failure(&host) {
+        // For the breaker: the provider's health, which a client's token must not decide.
+        let unhealthy = match ask {
+            Ask::Provider => failed,
+            Ask::Token | Ask::StaleToken => result.as_ref().is_err_and(Unavailable::is_transport),
+        };
+        if unhealthy {
+            if self.breaker.failure(&host, pass) {
                 trace::note(|| format!("provider {host}: circuit opened after this failure"));
             }
         } else {

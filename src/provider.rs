@@ -4,15 +4,16 @@
 use crate::claims::{claim_text, Claims};
 use crate::config::{IntrospectionMode, Settings};
 use crate::errors::{AuthError, Rejection, Unavailable};
-use crate::http::{redact_url, Http, Reply};
+use crate::http::{redact_url, Ask, Http, Reply};
 use crate::token::Token;
 
 /// The claims the provider reports for `token`, merged from tokeninfo and introspection as Dovecot does.
-pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result<Claims, AuthError> {
+/// `ask` is [`Ask::StaleToken`] when an earlier acceptance of this token is stale, else [`Ask::Token`].
+pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>, ask: Ask) -> Result<Claims, AuthError> {
     let mut claims = Claims::new();
     if let Some(url) = &s.tokeninfo_url {
         let full = format!("{url}{}", token.url_encoded());
-        let reply = http.send(http.client().get(&full), url).await?;
+        let reply = http.send_as(http.client().get(&full), url, ask).await?;
         claims = parse_reply(&reply, url, false)?;
         if !s.force_introspection && has_all_fields(s, &claims) || s.introspection_url.is_none() {
             return Ok(claims);
@@ -37,7 +38,7 @@ pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result
                 (req, true)
             }
         };
-        let reply = http.send(req, url).await?;
+        let reply = http.send_as(req, url, ask).await?;
         for (k, v) in parse_reply(&reply, url, post)? {
             claims.insert(k, v);
         }
