@@ -473,9 +473,7 @@ impl Settings {
                 _ => self.jwks_url.iter().collect(),
             };
             for url in urls {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(invalid(key, "must be an http:// or https:// URL"));
-                }
+                crate::http::check_url(url).map_err(|why| invalid(key, why))?;
             }
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
@@ -551,6 +549,16 @@ fn split_line(path: &Path, line: usize, raw: &str) -> Result<Option<(String, Str
             (Some(_), _) => {}
             (None, '"' | '\'') => quote = Some(c),
             (None, '#') => {
+                // Dovecot cuts the value here too, with a warning; in a URL that hides a password's end.
+                if !trimmed[..i].ends_with(char::is_whitespace) {
+                    return Err(ConfigError::Syntax {
+                        path: path.to_owned(),
+                        line,
+                        reason: "'#' right after a value starts a comment (ambiguous): quote the value, write \
+                                 '#' in a URL as %23, or put a space before the comment"
+                            .into(),
+                    });
+                }
                 end = i;
                 break;
             }

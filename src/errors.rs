@@ -5,6 +5,7 @@
 //! problem ([`Unavailable`], "temporary failure", the client retries), and a broken settings file
 //! ([`ConfigError`], also a temporary failure: an admin mistake must not look like a wrong password).
 
+use crate::http::redact_url;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -112,15 +113,15 @@ impl Rejection {
 /// Why no verdict could be reached now; the same login may succeed later.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Unavailable {
-    #[error("provider unreachable at {url}: {reason}")]
+    #[error("provider unreachable at {}: {reason}", redact_url(.url))]
     Unreachable { url: String, reason: String },
-    #[error("provider timed out after {msecs} ms at {url}")]
+    #[error("provider timed out after {msecs} ms at {}", redact_url(.url))]
     Timeout { url: String, msecs: u64 },
-    #[error("provider answered HTTP {status} at {url}")]
+    #[error("provider answered HTTP {status} at {}", redact_url(.url))]
     Status { url: String, status: u16 },
-    #[error("provider reply from {url} is unusable: {reason}")]
+    #[error("provider reply from {} is unusable: {reason}", redact_url(.url))]
     BadReply { url: String, reason: String },
-    #[error("no signing keys from {url}: {reason}")]
+    #[error("no signing keys from {}: {reason}", redact_url(.url))]
     NoKeys { url: String, reason: String },
     #[error("provider at {host} failed {failures} times in a row; not asked again for {retry_in_secs} s")]
     CircuitOpen { host: String, failures: u32, retry_in_secs: u64 },

@@ -86,10 +86,11 @@ impl Drop for Http {
 }
 
 /// The part of a URL that identifies the provider for the circuit breaker: host and port.
-fn breaker_key(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+fn breaker_key(url: &str) -> String {
+    match shown_parts(url) {
+        Some(u) => format!("{}:{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        None => NOT_SHOWN.to_string(),
+    }
 }
 
 impl Http {
@@ -152,7 +153,7 @@ impl Http {
     /// circuit breaker.
     pub async fn send_as(&self, req: reqwest::RequestBuilder, shown_url: &str, ask: Ask) -> Result<Reply, Unavailable> {
         let url = redact_url(shown_url);
-        let host = breaker_key(&url).to_string();
+        let host = breaker_key(shown_url);
         let pass = if ask == Ask::StaleToken {
             Pass::Bypass
         } else {
@@ -262,31 +263,127 @@ fn classify(e: reqwest::Error, url: &str, timeout: Duration) -> Unavailable {
     Unavailable::Unreachable { url: url.into(), reason }
 }
 
-/// A URL as logs may show it: no `user:password@`, no query string.
-pub fn redact_url(url: &str) -> String {
-    let no_query = url.split(['?', '#']).next().unwrap_or(url);
-    match no_query.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            if path.is_empty() && !rest.contains('/') {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://{host}/{path}")
-            }
-        }
-        None => no_query.to_string(),
+/// What is shown instead of a URL that cannot be shown without risking a secret in it.
+pub const NOT_SHOWN: &str = "(URL not shown: it does not parse)";
+
+/// `url` parsed, if it is a URL whose every part after the host may be shown: an `@` there means
+/// credentials with an unescaped `/`, `?` or `#` made the parser see a different host, so what looks
+/// like host, port or path may be part of a password.
+fn shown_parts(url: &str) -> Option<url::Url> {
+    let parsed = url::Url::parse(url).ok()?;
+    if parsed[url::Position::BeforePath..].contains('@') || !parsed.has_host() {
+        return None;
     }
+    Some(parsed)
+}
+
+/// A URL as logs may show it: parsed by a URL parser, then without `user:password@`, query and
+/// fragment (a token or secret may be in any of them). A URL that does not parse is not shown at all.
+pub fn redact_url(url: &str) -> String {
+    let Some(mut u) = shown_parts(url) else { return NOT_SHOWN.to_string() };
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.into()
+}
+
+/// Why a URL from the settings cannot be used, in words that never echo it (it may hold credentials).
+pub fn check_url(url: &str) -> Result<(), &'static str> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Err("is not a valid URL (percent-encode '/', '?', '#' and '@' in credentials as %2F, %3F, %23, %40)");
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL");
+    }
+    if shown_parts(url).is_none() {
+        return Err("has an '@' after the host (percent-encode '/', '?', '#' and '@' in credentials as %2F, %3F, \
+                    %23, %40)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// Credentials an admin might paste unescaped: '/', '?', '#' and '@' in the user or password.
+    const UNESCAPED: &[(&str, &[&str])] = &[
+        ("https://dovecot:se/cr#et@idp.test/introspect", &["se/cr", "cr#et", "dovecot:se"]),
+        ("https://dovecot:pa?ss@idp.test/introspect", &["pa?ss", "dovecot:pa"]),
+        ("https://dove/cot:secret@idp.test/introspect", &["secret", "dove/cot", "cot:"]),
+        ("https://dovecot:123/456@idp.test/introspect", &["123/456", "dovecot:123", "456@"]),
+        ("https://dovecot:123#456@idp.test/introspect", &["123#456", "dovecot:123", "456@"]),
+        ("https://dovecot:123?456@idp.test/introspect", &["123?456", "dovecot:123", "456@"]),
+        ("https://dovecot:s3\\cret@idp.test/introspect", &["s3\\cret", "dovecot:s3"]),
+    ];
 
     #[test]
-    fn redacted_url_drops_credentials_and_query() {
+    fn redacted_url_drops_credentials_query_and_fragment() {
         assert_eq!(redact_url("https://id:secret@idp.test/introspect?x=1"), "https://idp.test/introspect");
         assert_eq!(redact_url("https://idp.test/tokeninfo?access_token="), "https://idp.test/tokeninfo");
-        assert_eq!(redact_url("http://127.0.0.1:9"), "http://127.0.0.1:9");
+        assert_eq!(redact_url("https://d%2Fo:s%3Fe%23c%40@idp.test/i#frag"), "https://idp.test/i");
+        assert_eq!(redact_url("http://127.0.0.1:9"), "http://127.0.0.1:9/");
+    }
+
+    #[test]
+    fn a_url_whose_credentials_do_not_parse_is_never_shown_in_part() {
+        for (url, secrets) in UNESCAPED {
+            let shown = redact_url(url);
+            for secret in *secrets {
+                assert!(!shown.contains(secret), "{url} shown as {shown}");
+            }
+        }
+        assert_eq!(redact_url("not a url"), NOT_SHOWN);
+    }
+
+    #[test]
+    fn a_settings_url_with_unescaped_credentials_is_refused_without_echoing_it() {
+        for (url, secrets) in UNESCAPED {
+            for (key, value) in [("introspection_url", url.to_string()), ("tokeninfo_url", format!("\"{url}\""))] {
+                let text = format!("introspection_mode = post\n{key} = {value}\n");
+                let e = Settings::parse(Path::new("t.conf"), &text).expect_err(url).to_string();
+                assert!(e.starts_with("settings file t.conf line 2: "), "{e}");
+                for secret in *secrets {
+                    assert!(!e.contains(secret), "{url}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn settings_urls_are_checked_by_a_url_parser() {
+        assert_eq!(check_url("https://idp.test/userinfo"), Ok(()));
+        assert_eq!(check_url("https://d%2Fo:s%3Fe%23c%40@idp.test:8443/i?x=1"), Ok(()));
+        assert_eq!(check_url("http://[::1]:8080/u"), Ok(()));
+        assert!(check_url("ftp://idp.test/u").unwrap_err().contains("http:// or https://"));
+        assert!(check_url("https://").is_err());
+        assert!(check_url("https://idp.test:99999/u").is_err());
+        assert!(check_url("idp.test/userinfo").is_err());
+    }
+
+    #[test]
+    fn an_error_naming_a_url_never_shows_its_credentials_or_query_whoever_built_it() {
+        let u = "https://dovecot:s3cret@idp.test/introspect?access_token=tok#f";
+        let errors = [
+            Unavailable::Unreachable { url: u.into(), reason: "refused".into() },
+            Unavailable::Timeout { url: u.into(), msecs: 1 },
+            Unavailable::Status { url: u.into(), status: 500 },
+            Unavailable::BadReply { url: u.into(), reason: "not JSON".into() },
+            Unavailable::NoKeys { url: u.into(), reason: "down".into() },
+        ];
+        for e in errors {
+            let shown = e.to_string();
+            assert!(shown.contains("https://idp.test/introspect"), "{shown}");
+            assert!(!shown.contains("s3cret") && !shown.contains("tok") && !shown.contains("dovecot"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_breaker_knows_a_provider_by_host_and_port() {
+        assert_eq!(breaker_key("https://u:p@IDP.test/x?y"), "idp.test:443");
+        assert_eq!(breaker_key("http://127.0.0.1:8080/u"), "127.0.0.1:8080");
+        assert_eq!(breaker_key("http://idp.test/u"), "idp.test:80");
     }
 }

@@ -168,3 +168,41 @@ def test_without_stale_if_error_a_known_token_past_its_cache_ttl_is_a_temporary_
     time.sleep(1.2)
     st.set("status", 502)
     assert s.imap_login(ALICE, known).tempfail
+
+
+@pytest.mark.parametrize(
+    "userinfo,secrets",
+    [("dovecot:12/34", ["12/34", "dovecot:12"]), ("dovecot:12?34", ["12?34", "dovecot:12"]),
+     ("do/ve:cot", ["do/ve", "ve:cot"]), ('"dovecot:12#34"', ["12#34", "dovecot:12"])],
+    ids=["slash", "question-mark", "slash-in-user", "hash"],
+)
+def test_introspection_url_credentials_that_do_not_parse_never_reach_the_log(make_stack, stub, userinfo, secrets):
+    quoted = userinfo.startswith('"')
+    url = f"http://{userinfo.strip(chr(34))}@127.0.0.1:{stub.port}/userinfo"
+    s = make_stack(f"introspection_url = {chr(34) + url + chr(34) if quoted else url}\n", postfix=False)
+    mark = s.log_mark()
+    assert s.imap_login(ALICE, fresh_token(stub)).tempfail
+    log = s.wait_log(mark, "temporary failure")
+    assert "line 1: introspection_url: " in log, log[-2000:]
+    for secret in secrets:
+        assert secret not in log, log[-2000:]
+
+
+def test_a_temporary_failure_line_names_the_provider_without_its_credentials(make_stack, stub):
+    port = _closed_port()
+    s = make_stack(f"introspection_url = http://dovecot:s3cr%2Fet%40x@127.0.0.1:{port}/userinfo?k=v3ry\n",
+                   postfix=False)
+    mark = s.log_mark()
+    assert s.imap_login(ALICE, fresh_token(stub)).tempfail
+    log = s.wait_log(mark, "temporary failure")
+    assert f"provider unreachable at http://127.0.0.1:{port}/userinfo:" in log, log[-2000:]
+    for secret in ("s3cr", "dovecot", "v3ry"):
+        assert secret not in log, log[-2000:]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
