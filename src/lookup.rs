@@ -6,6 +6,7 @@ use crate::claims;
 use crate::clock::Clock;
 use crate::config::{IntrospectionMode, Settings};
 use crate::errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};
+use crate::escape::shown;
 use crate::http::{Ask, Http};
 use crate::jwks::KeyStore;
 use crate::jwt::{self, Shape};
@@ -68,7 +69,7 @@ impl Outcome {
             _ if self.local => format!("checked locally in {} ms", self.elapsed.as_millis()),
             _ => format!("by provider in {} ms", self.elapsed.as_millis()),
         };
-        format!("dovecot-oauth2: accepted {user} (token {}, {how})", self.fingerprint)
+        format!("dovecot-oauth2: accepted {} (token {}, {how})", shown(user), self.fingerprint)
     }
 }
 
@@ -279,23 +280,20 @@ impl Authenticator {
 }
 
 /// The claims that decide a login, for the troubleshooting trace (values a token's owner may see
-/// in their own token; never the token).
+/// in their own token; never the token), escaped as every outside value in our output is.
 fn describe_claims(s: &Settings, claims: &claims::Claims, now: u64) -> String {
-    let mut parts = vec![format!(
-        "{} = {}",
-        s.username_attribute,
-        claims::claim_text(claims, &s.username_attribute).unwrap_or_else(|| "(missing)".into())
-    )];
+    let claim = |name: &str| claims::claim_text(claims, name).map_or_else(|| "(missing)".into(), |v| shown(&v));
+    let mut parts = vec![format!("{} = {}", shown(&s.username_attribute), claim(&s.username_attribute))];
     for name in ["active", "scope", "aud", "iss"] {
-        if let Some(v) = claims::claim_text(claims, name) {
-            parts.push(format!("{name} = {v}"));
+        if claims::claim_text(claims, name).is_some() {
+            parts.push(format!("{name} = {}", claim(name)));
         }
     }
     if let Some(exp) = claims.get("exp").and_then(|v| v.as_u64()) {
         parts.push(if exp > now { format!("exp in {} s", exp - now) } else { format!("exp {} s ago", now - exp) });
     }
     if let Some(a) = &s.active_attribute {
-        parts.push(format!("{a} = {}", claims::claim_text(claims, a).unwrap_or_else(|| "(missing)".into())));
+        parts.push(format!("{} = {}", shown(a), claim(a)));
     }
     format!("provider claims: {}", parts.join(", "))
 }
@@ -856,6 +854,116 @@ mod tests {
             stub.answer("new", Answer::Reply(200, ALICE_REPLY));
             assert_eq!(a.verify("a@x", b"victim").await.verdict, Verdict::Accept(vec![]));
             assert_eq!(a.verify("a@x", b"new").await.verdict, Verdict::Accept(vec![]), "the circuit is closed again");
+        });
+    }
+
+    /// A value from outside that tries to forge a log line, act on a terminal and truncate the line.
+    const HOSTILE: &str = "evil\nauth: Info: dovecot-oauth2: accepted root\u{1b}[2J\u{0}tail\u{2028}";
+
+    fn outcome(verdict: Verdict) -> Outcome {
+        Outcome {
+            verdict,
+            source: Some(Source::Provider),
+            fingerprint: fingerprint(b"t"),
+            elapsed: Duration::ZERO,
+            local: false,
+            warnings: vec![],
+        }
+    }
+
+    fn assert_escaped(line: &str) {
+        assert!(!line.chars().any(|c| c.is_control() || c == '\u{2028}'), "raw control character in {line:?}");
+        assert!(line.to_lowercase().contains("evil\\nauth: info"), "the value is shown escaped: {line:?}");
+    }
+
+    #[test]
+    fn every_outside_string_in_a_refusal_line_is_escaped() {
+        let h = || HOSTILE.to_string();
+        for r in [
+            Rejection::NoUsername(h()),
+            Rejection::WrongUser { token_user: h(), login_user: "a@x".into() },
+            Rejection::WrongUser { token_user: "a@x".into(), login_user: h() },
+            Rejection::AccountDisabled { attribute: "status".into(), value: h() },
+            Rejection::AccountDisabled { attribute: h(), value: "x".into() },
+            Rejection::MissingScope(h()),
+            Rejection::WrongAudience(h()),
+            Rejection::WrongIssuer(h()),
+            Rejection::Invalid(h()),
+            Rejection::HmacAlgorithm(h()),
+            Rejection::UnsupportedAlgorithm(h()),
+            Rejection::WrongType(h()),
+            Rejection::CriticalHeader(h()),
+            Rejection::UnknownKey(h()),
+            Rejection::KeyAlgorithmMismatch { kid: h(), key_type: "RSA".into(), alg: "RS256".into() },
+        ] {
+            assert_escaped(&outcome(Verdict::Reject(r)).log_line().unwrap());
+        }
+    }
+
+    #[test]
+    fn every_outside_string_in_a_temporary_failure_line_is_escaped() {
+        let h = || HOSTILE.to_string();
+        let url = || "https://idp.test/u".to_string();
+        for u in [
+            Unavailable::Unreachable { url: url(), reason: h() },
+            Unavailable::BadReply { url: url(), reason: h() },
+            Unavailable::NoKeys { url: url(), reason: h() },
+            Unavailable::CircuitOpen { host: h(), failures: 1, retry_in_secs: 1 },
+            Unavailable::Internal(h()),
+            Unavailable::Settings(ConfigError::UnknownKey { path: "t.conf".into(), line: 1, key: h() }),
+            Unavailable::Settings(ConfigError::Invalid {
+                path: "t.conf".into(),
+                line: 1,
+                key: "k".into(),
+                reason: h(),
+            }),
+        ] {
+            assert_escaped(&outcome(Verdict::TempFail(u)).log_line().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_hostile_login_user_is_escaped_in_the_acceptance_line() {
+        assert_escaped(&outcome(Verdict::Accept(vec![])).accept_line(HOSTILE));
+    }
+
+    #[test]
+    fn a_long_outside_value_is_cut_in_the_log_line() {
+        let line = outcome(Verdict::Reject(Rejection::WrongIssuer("i".repeat(100_000)))).log_line().unwrap();
+        assert!(line.len() < 1000, "{} bytes", line.len());
+        assert!(line.contains("..."), "{line}");
+    }
+
+    #[test]
+    fn provider_strings_reach_the_refusal_line_escaped() {
+        rt().block_on(async {
+            let evil = r#"evil\nauth: Info: dovecot-oauth2: accepted root\u001b[2J\u0000tail"#;
+            for (extra, reply) in [
+                ("", format!(r#"{{"email":"{evil}"}}"#)),
+                ("", format!(r#"{{"error":"{evil}"}}"#)),
+                ("issuers = https://idp.test\n", format!(r#"{{"email":"a@x","iss":"{evil}"}}"#)),
+                ("active_attribute = status\nactive_value = ok\n", format!(r#"{{"email":"a@x","status":"{evil}"}}"#)),
+                ("username_attribute = name\n", format!(r#"{{"name":"{evil}"}}"#)),
+            ] {
+                let srv = TestServer::start(Canned::json(200, &reply)).await;
+                let o = auth(extra, &srv.url("/u")).verify("a@x", b"t").await;
+                assert!(matches!(o.verdict, Verdict::Reject(_)), "{reply}: {:?}", o.verdict);
+                assert_escaped(&o.log_line().unwrap());
+            }
+        });
+    }
+
+    #[test]
+    fn claims_in_a_traced_login_are_escaped() {
+        rt().block_on(async {
+            let evil = r#"evil\nauth: Info: dovecot-oauth2: accepted root\u001b[2J\u0000tail"#;
+            let reply =
+                format!(r#"{{"email":"{evil}","scope":"{evil}","aud":"{evil}","iss":"{evil}","active":"{evil}"}}"#);
+            let srv = TestServer::start(Canned::json(200, &reply)).await;
+            let a = auth("introspection_mode = post\n", &srv.url("/u"));
+            let (_, steps) = crate::trace::traced(a.verify("a@x", b"t")).await;
+            let claims = steps.iter().find(|s| s.starts_with("provider claims")).expect("claims noted");
+            assert_escaped(claims);
         });
     }
 

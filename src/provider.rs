@@ -3,7 +3,7 @@
 
 use crate::claims::{claim_text, Claims};
 use crate::config::{IntrospectionMode, Settings};
-use crate::errors::{AuthError, Rejection, Unavailable};
+use crate::errors::{AuthError, Rejection, Unavailable, PROVIDER_ERROR_CHARS};
 use crate::http::{redact_url, Ask, Http, Reply};
 use crate::token::Token;
 
@@ -89,8 +89,7 @@ pub fn parse_reply(reply: &Reply, url: &str, client_authenticated: bool) -> Resu
         return Err(Unavailable::BadReply { url: shown, reason: "not a JSON object".into() }.into());
     };
     if let Some(serde_json::Value::String(err)) = map.get("error") {
-        let err: String = err.chars().filter(|c| !c.is_control()).take(100).collect();
-        return Err(Rejection::Invalid(format!("provider said error '{err}'")).into());
+        return Err(Rejection::ProviderError(err.chars().take(PROVIDER_ERROR_CHARS).collect()).into());
     }
     Ok(map)
 }

@@ -104,6 +104,41 @@ def test_odd_oauthbearer_gs2_headers_never_log_in_as_anyone_but_the_tokens_owner
             assert fields.get("user") == ALICE, (gs2, fields)
 
 
+# A provider value that tries to forge a log line, act on the admin's terminal and cut the line short.
+FORGED = "forged-line-8d1f"
+HOSTILE_VALUE = f"evil\nauth: Info: {FORGED} accepted root\x1b[2J\x00tail"
+
+
+@pytest.mark.parametrize(
+    "claims,reason",
+    [
+        ({"email": HOSTILE_VALUE}, "token belongs to 'evil\\nauth: info: " + FORGED),
+        ({"error": HOSTILE_VALUE}, "provider said error 'evil\\nauth: Info: " + FORGED),
+        ({"email": ALICE, "status": "ok", "iss": HOSTILE_VALUE}, "token issuer 'evil\\nauth: Info: " + FORGED),
+        ({"email": ALICE, "status": HOSTILE_VALUE}, "account is not active (status = 'evil\\nauth: Info: " + FORGED),
+    ],
+    ids=["username", "provider-error", "issuer", "active-attribute"],
+)
+def test_provider_strings_cannot_forge_or_cut_a_line_in_dovecots_log(make_stack, stub, claims, reason):
+    s = make_stack(f"introspection_url = {stub.url}\nissuers = https://idp.test\nactive_attribute = status\n"
+                   "active_value = ok\n", postfix=False)
+    tok = known_token(stub, ALICE, "forge")
+    stub.per_token[tok] = ("claims", claims)
+    mark = s.log_mark()
+    assert not s.imap_login(ALICE, tok).ok
+    s.wait_log(mark, "authentication failed")
+    with open(s.log_path, "rb") as f:
+        f.seek(mark)
+        raw = f.read()
+    assert b"\x1b" not in raw and b"\x00" not in raw, raw[-2000:]
+    lines = raw.decode().splitlines()
+    refusal = [line for line in lines if "authentication failed" in line]
+    shown = refusal[0].lower() if refusal else ""  # the username is compared (and shown) lower-cased
+    assert reason.lower() in shown and "\\u{1b}[2j\\u{0}tail" in shown, lines
+    # The hostile value stayed inside the refusal line: no line of its own.
+    assert all(FORGED not in line or "authentication failed" in line for line in lines), lines
+
+
 def test_login_name_in_another_case_is_the_same_user_as_in_dovecot(hostile, stub):
     s, c = hostile
     verdict, fields = c.auth("XOAUTH2", xoauth2("ALICE@Example.TEST", known_token(stub, ALICE)))
