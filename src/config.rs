@@ -205,6 +205,9 @@ pub struct Settings {
     pub stats_log_interval: Duration,
     pub max_token_bytes: usize,
     pub max_response_bytes: usize,
+    /// `http_proxy` (default: none): the proxy every provider request goes through. Proxies named in
+    /// the environment (`HTTP_PROXY`, `ALL_PROXY`...) are never used.
+    pub http_proxy: Option<String>,
     /// The daemon's listener (unused by the module).
     pub listen: Listen,
     /// Notes for the admin (ignored Dovecot keys, loose permissions), logged once when loaded.
@@ -256,6 +259,7 @@ impl Default for Settings {
             stats_log_interval: Duration::ZERO,
             max_token_bytes: 16 * 1024,
             max_response_bytes: 1024 * 1024,
+            http_proxy: None,
             listen: Listen::default(),
             warnings: Vec::new(),
         }
@@ -400,6 +404,12 @@ impl Settings {
                     s.max_response_bytes = n as usize;
                 }
                 "connect_timeout_msecs" => connect_timeout_msecs = Some(parse_uint(&value).map_err(invalid)?),
+                "http_proxy" => {
+                    if !value.is_empty() {
+                        crate::http::check_url(&value).map_err(|why| invalid(why.into()))?;
+                    }
+                    s.http_proxy = opt(&value);
+                }
                 "listen" => {
                     if value.is_empty() {
                         return Err(invalid("must not be empty".into()));

@@ -1,5 +1,6 @@
 //! One HTTP client per process: keep-alive pooled, rustls, bounded in time and size, no redirects,
-//! no proxy from the environment, a circuit breaker per provider host, and name lookups whose
+//! no proxy but the one `http_proxy` names (never one from the environment), a circuit breaker per
+//! provider host, and name lookups whose
 //! threads are joined before the module can be unloaded.
 
 use crate::breaker::{Breaker, Pass};
@@ -106,8 +107,14 @@ impl Http {
             .pool_max_idle_per_host(s.max_parallel_connections)
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
+            // Never HTTP_PROXY, ALL_PROXY and the like from the environment: the token and our client
+            // credentials go where the settings file says, and nowhere else.
+            .no_proxy()
             .dns_resolver(Arc::new(ThreadResolver { pending: lookups.clone() }))
             .tls_danger_accept_invalid_certs(s.tls_allow_invalid_cert);
+        if let Some(proxy) = &s.http_proxy {
+            b = b.proxy(reqwest::Proxy::all(proxy).map_err(|_| bad("http_proxy", "is not a usable proxy URL".into()))?);
+        }
         let mut roots = Vec::new();
         if let Some(file) = &s.tls_ca_cert_file {
             let pem = std::fs::read(file).map_err(|e| bad("tls_ca_cert_file", format!("{}: {e}", file.display())))?;
@@ -378,6 +385,94 @@ mod tests {
             assert!(shown.contains("https://idp.test/introspect"), "{shown}");
             assert!(!shown.contains("s3cret") && !shown.contains("tok") && !shown.contains("dovecot"), "{shown}");
         }
+    }
+
+    /// A listener that answers every request as a provider accepting the token would, and counts the
+    /// connections it gets: what a proxy would see of our requests.
+    fn proxy_stub() -> (u16, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut head = String::new();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    head.push_str(&line);
+                    line.clear();
+                }
+                seen2.lock().unwrap().push(head);
+                let body = r#"{"email":"a@x"}"#;
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+        (port, seen)
+    }
+
+    /// The environment variables reqwest (through hyper-util) would take a proxy from.
+    const PROXY_VARS: &[&str] = &["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+
+    #[test]
+    fn proxies_named_in_the_environment_are_never_used() {
+        const CHILD: &str = "DOVECOT_OAUTH2_TEST_PROXY_TARGET";
+        if let Ok(target) = std::env::var(CHILD) {
+            // In the child: one login, which only a proxy could accept (the target port is closed).
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let text = format!("introspection_url = {target}\ntimeout_msecs = 5000\n");
+            let a = crate::lookup::Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
+            let o = rt.block_on(a.verify("a@x", b"tok"));
+            assert!(matches!(o.verdict, crate::Verdict::TempFail(Unavailable::Unreachable { .. })), "{:?}", o.verdict);
+            return;
+        }
+        // Environment variables are process-wide and tests run on threads: each variable is tried in a
+        // child process (this test binary, running only this test).
+        let (port, seen) = proxy_stub();
+        for var in PROXY_VARS {
+            let scheme = if var.to_ascii_lowercase().starts_with("https") { "https" } else { "http" };
+            let target = format!("{scheme}://127.0.0.1:{}/userinfo", crate::testutil::TestServer::closed_port());
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child.args(["--exact", "http::tests::proxies_named_in_the_environment_are_never_used", "--nocapture"]);
+            for v in PROXY_VARS.iter().chain(&["NO_PROXY", "no_proxy", "REQUEST_METHOD"]) {
+                child.env_remove(v);
+            }
+            let out = child.env(var, format!("http://127.0.0.1:{port}")).env(CHILD, &target).output().unwrap();
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = said.lines().find(|l| l.contains("Accept") || l.contains("TempFail")).unwrap_or(&said);
+            assert!(out.status.success(), "{var}: {said}");
+            assert_eq!(seen.lock().unwrap().as_slice(), &[] as &[String], "{var}: the proxy was used");
+        }
+    }
+
+    #[test]
+    fn an_explicit_http_proxy_setting_is_used_with_its_credentials() {
+        let (port, seen) = proxy_stub();
+        let text = format!(
+            "introspection_url = http://provider.invalid/userinfo\nhttp_proxy = http://px:s3cret@127.0.0.1:{port}\n"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let a = crate::lookup::Authenticator::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
+        let o = rt.block_on(a.verify("a@x", b"tok"));
+        assert_eq!(o.verdict, crate::Verdict::Accept(vec![]));
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].starts_with("GET http://provider.invalid/userinfo HTTP/1.1"), "{seen:?}");
+        // base64("px:s3cret")
+        assert!(seen[0].to_ascii_lowercase().contains("proxy-authorization: basic chg6cznjcmv0"), "{seen:?}");
+    }
+
+    #[test]
+    fn an_http_proxy_setting_that_is_not_a_url_is_refused_without_echo() {
+        let e = Settings::parse(
+            Path::new("t.conf"),
+            "introspection_url = https://i/u\nhttp_proxy = http://px:se/cr@p:3128\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2: http_proxy: "), "{e}");
+        assert!(!e.contains("se/cr"), "{e}");
     }
 
     #[test]

@@ -130,6 +130,9 @@ fn describe_settings(s: &Settings) {
     for u in &s.jwks_url {
         println!("jwks_url: {}", redact_url(u));
     }
+    if let Some(u) = &s.http_proxy {
+        println!("http_proxy: {}", redact_url(u));
+    }
     println!("username_attribute: {} (compared after username_format)", shown(&s.username_attribute));
     for (name, list) in [("scope", &s.scope), ("audience", &s.audience), ("issuers", &s.issuers)] {
         if !list.is_empty() {
