@@ -1,8 +1,14 @@
-//! A circuit breaker per provider host: after `circuit_breaker_failures` consecutive failures (no
-//! answer, timeout, 5xx, 429, unusable reply), requests to that host fail at once for a back-off
-//! (doubling on each failed probe, up to 8x), then one request probes it; an answer closes it again.
-//! A provider that is down then costs logins nothing but a fast temporary failure, cached tokens keep
-//! working, and the provider is not hammered while it recovers.
+//! A circuit breaker per provider host: after `circuit_breaker_failures` consecutive failures, requests
+//! to that host fail at once for a back-off (doubling on each failed probe, up to 8x), then one request
+//! probes it; an answer closes it again. A provider that is down then costs logins nothing but a fast
+//! temporary failure, cached tokens keep working, and the provider is not hammered while it recovers.
+//!
+//! It measures the provider's health, never a client's token: what counts as a failure is decided by
+//! [`crate::http::Http`] (a request about a token fails only by transport: no connection, TLS, timeout;
+//! a 5xx for one token is that login's temporary failure, since a token can make a provider fail).
+//! A failure reported while the circuit is already open (by a request let through before it opened,
+//! or by a stale token's check, which is always sent) adds to the count but does not extend the
+//! back-off: only a failed probe does.
 
 use crate::clock::Clock;
 use std::collections::HashMap;
@@ -24,6 +30,18 @@ struct HostState {
     trips: u32,
 }
 
+/// How a request was let through, which decides what its failure does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The circuit was closed.
+    Closed,
+    /// The one request sent after a back-off to see whether the provider is back.
+    Probe,
+    /// Sent whatever the circuit says (a stale acceptance's check: only its own answer can tell a
+    /// revoked token from an outage).
+    Bypass,
+}
+
 /// Why a request was not sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Open {
@@ -37,48 +55,56 @@ impl Breaker {
         Breaker { threshold, backoff, hosts: Mutex::new(HashMap::new()), clock }
     }
 
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostState>> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// May a request to `host` be sent now? While open: no. After the back-off: yes, one probe.
-    pub fn admit(&self, host: &str) -> Result<(), Open> {
+    pub fn admit(&self, host: &str) -> Result<Pass, Open> {
         if self.threshold == 0 {
-            return Ok(());
+            return Ok(Pass::Closed);
         }
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(st) = hosts.get_mut(host) else { return Ok(()) };
+        let mut hosts = self.hosts();
+        let Some(st) = hosts.get_mut(host) else { return Ok(Pass::Closed) };
         let now = self.clock.now();
         match st.open_until {
             Some(until) if now < until => Err(Open { failures: st.failures, retry_in: until - now }),
             Some(_) => {
                 // Half-open: let this one through; until it reports, others wait out a fresh back-off.
                 st.open_until = Some(now + self.backoff);
-                Ok(())
+                Ok(Pass::Probe)
             }
-            None => Ok(()),
+            None => Ok(Pass::Closed),
         }
     }
 
+    /// The provider answered: closes the circuit and forgets the failures.
     pub fn success(&self, host: &str) {
         if self.threshold == 0 {
             return;
         }
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.remove(host);
+        self.hosts().remove(host);
     }
 
-    /// Records a failure; returns true when this one opened the circuit.
-    pub fn failure(&self, host: &str) -> bool {
+    /// Records a failure of a request let through as `pass`; returns true when this one opened the
+    /// circuit (or, for a probe, opened it again with a doubled back-off).
+    pub fn failure(&self, host: &str, pass: Pass) -> bool {
         if self.threshold == 0 {
             return false;
         }
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hosts = self.hosts();
         let st = hosts.entry(host.to_string()).or_default();
         st.failures = st.failures.saturating_add(1);
-        if st.failures >= self.threshold {
+        let trip = match st.open_until {
+            None => st.failures >= self.threshold,
+            Some(_) => pass == Pass::Probe,
+        };
+        if trip {
             let factor = 1u32 << st.trips.min(3);
             st.open_until = Some(self.clock.now() + self.backoff * factor);
             st.trips += 1;
-            return true;
         }
-        false
+        trip
     }
 }
 
@@ -89,9 +115,9 @@ mod tests {
     #[test]
     fn opens_after_the_threshold_of_consecutive_failures() {
         let b = Breaker::new(3, Duration::from_secs(10), Clock::manual());
-        assert!(!b.failure("h") && !b.failure("h"));
+        assert!(!b.failure("h", Pass::Closed) && !b.failure("h", Pass::Closed));
         assert!(b.admit("h").is_ok());
-        assert!(b.failure("h"));
+        assert!(b.failure("h", Pass::Closed));
         let open = b.admit("h").unwrap_err();
         assert_eq!(open.failures, 3);
         assert_eq!(open.retry_in, Duration::from_secs(10));
@@ -100,17 +126,17 @@ mod tests {
     #[test]
     fn a_success_resets_the_count() {
         let b = Breaker::new(3, Duration::from_secs(10), Clock::manual());
-        b.failure("h");
-        b.failure("h");
+        b.failure("h", Pass::Closed);
+        b.failure("h", Pass::Closed);
         b.success("h");
-        assert!(!b.failure("h"));
+        assert!(!b.failure("h", Pass::Closed));
         assert!(b.admit("h").is_ok());
     }
 
     #[test]
     fn hosts_are_independent() {
         let b = Breaker::new(1, Duration::from_secs(10), Clock::manual());
-        b.failure("a");
+        b.failure("a", Pass::Closed);
         assert!(b.admit("a").is_err());
         assert!(b.admit("b").is_ok());
     }
@@ -119,7 +145,7 @@ mod tests {
     fn after_the_backoff_one_probe_is_let_through_and_success_closes() {
         let clock = Clock::manual();
         let b = Breaker::new(1, Duration::from_secs(10), clock.clone());
-        b.failure("h");
+        b.failure("h", Pass::Closed);
         assert!(b.admit("h").is_err());
         clock.advance(Duration::from_secs(10));
         assert!(b.admit("h").is_ok(), "probe");
@@ -132,19 +158,55 @@ mod tests {
     fn a_failed_probe_reopens_with_a_longer_backoff() {
         let clock = Clock::manual();
         let b = Breaker::new(1, Duration::from_secs(10), clock.clone());
-        b.failure("h");
+        b.failure("h", Pass::Closed);
         clock.advance(Duration::from_secs(10));
-        assert!(b.admit("h").is_ok());
-        b.failure("h");
+        assert_eq!(b.admit("h"), Ok(Pass::Probe));
+        assert!(b.failure("h", Pass::Probe));
         let open = b.admit("h").unwrap_err();
         assert_eq!(open.retry_in, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn failures_reported_while_open_count_but_do_not_extend_the_backoff() {
+        let clock = Clock::manual();
+        let b = Breaker::new(1, Duration::from_secs(10), clock.clone());
+        assert!(b.failure("h", Pass::Closed));
+        // A request let through before it opened, and stale tokens' checks, fail later.
+        assert!(!b.failure("h", Pass::Closed));
+        assert!(!b.failure("h", Pass::Bypass));
+        let open = b.admit("h").unwrap_err();
+        assert_eq!((open.failures, open.retry_in), (3, Duration::from_secs(10)));
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(b.admit("h"), Ok(Pass::Probe), "the back-off is the first one, not doubled");
+    }
+
+    #[test]
+    fn a_bypassing_request_that_gets_an_answer_closes_the_circuit() {
+        let b = Breaker::new(1, Duration::from_secs(10), Clock::manual());
+        b.failure("h", Pass::Closed);
+        assert!(b.admit("h").is_err());
+        b.success("h");
+        assert_eq!(b.admit("h"), Ok(Pass::Closed));
+    }
+
+    #[test]
+    fn the_backoff_doubles_at_most_three_times() {
+        let clock = Clock::manual();
+        let b = Breaker::new(1, Duration::from_secs(10), clock.clone());
+        b.failure("h", Pass::Closed);
+        for expected in [20, 40, 80, 80] {
+            clock.advance(Duration::from_secs(3600));
+            let pass = b.admit("h").unwrap();
+            b.failure("h", pass);
+            assert_eq!(b.admit("h").unwrap_err().retry_in, Duration::from_secs(expected));
+        }
     }
 
     #[test]
     fn threshold_zero_never_opens() {
         let b = Breaker::new(0, Duration::from_secs(10), Clock::manual());
         for _ in 0..100 {
-            b.failure("h");
+            b.failure("h", Pass::Closed);
         }
         assert!(b.admit("h").is_ok());
     }

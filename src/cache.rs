@@ -78,18 +78,20 @@ impl VerdictCache {
     }
 
     /// The cached verdict for `key`, or the one `load` computes (shared by concurrent callers).
-    /// A stale acceptance is checked again; if that fails for lack of an answer, the stale one is used
-    /// and the reason returned with it.
-    pub async fn get_or_load<F>(
+    /// `load(true)` means an acceptance stands behind it whose freshness ran out (a stale entry): it is
+    /// checked again, and only if that check fails by transport (no answer at all for this token) is
+    /// the stale acceptance used, with the reason. An answer for the token decides, whatever it is.
+    pub async fn get_or_load<L, F>(
         &self,
         key: Key,
-        load: F,
+        load: L,
     ) -> Result<(Arc<Entry>, Source, Option<Unavailable>), Unavailable>
     where
+        L: FnOnce(bool) -> F,
         F: Future<Output = Result<Entry, Unavailable>>,
     {
         let Some(cache) = &self.inner else {
-            return load.await.map(|e| (Arc::new(e), Source::Provider, None));
+            return load(false).await.map(|e| (Arc::new(e), Source::Provider, None));
         };
         loop {
             match cache.get_value_or_guard_async(&key).await {
@@ -98,7 +100,7 @@ impl VerdictCache {
                 }
                 Ok(fresh) if fresh.is_fresh(self.clock.now()) => return Ok((fresh, Source::Cache, None)),
                 Ok(old) => {
-                    return match load.await {
+                    return match load(true).await {
                         Ok(new) => {
                             let new = Arc::new(new);
                             if new.worth_keeping() {
@@ -108,13 +110,14 @@ impl VerdictCache {
                             }
                             Ok((new, Source::Provider, None))
                         }
-                        Err(why) => Ok((old, Source::Stale, Some(why))),
+                        Err(why) if why.is_transport() => Ok((old, Source::Stale, Some(why))),
+                        Err(why) => Err(why),
                     };
                 }
                 // A miss: this caller loads; others asking for the same key meanwhile wait for it.
                 // If the load fails, the guard is dropped unfilled and a waiter loads in its turn.
                 Err(guard) => {
-                    let new = Arc::new(load.await?);
+                    let new = Arc::new(load(false).await?);
                     if new.worth_keeping() {
                         let _ = guard.insert(new.clone());
                     }
@@ -150,12 +153,19 @@ mod tests {
         Entry::new(Ok(id), Duration::from_millis(ttl), Duration::from_millis(stale), clock.now())
     }
 
-    /// A load that takes 30 ms and counts itself; with `first_fails`, the first one finds the provider down.
+    fn down() -> Unavailable {
+        Unavailable::Timeout { url: "http://idp/u".into(), msecs: 100 }
+    }
+
+    /// A load that waits for the others to queue behind it (yielding to the runtime, as a request in
+    /// flight does) and counts itself; with `first_fails`, the first one finds the provider down.
     async fn counted_load(clock: &Clock, loads: &AtomicUsize, first_fails: bool) -> Result<Entry, Unavailable> {
         let n = loads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         if first_fails && n == 0 {
-            Err(Unavailable::Internal("down".into()))
+            Err(down())
         } else {
             Ok(ok(clock, 60_000))
         }
@@ -175,8 +185,8 @@ mod tests {
             let clock = Clock::manual();
             let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            let (_, s1, _) = c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
-            let (_, s2, _) = c.get_or_load(k, async { panic!("must not load") }).await.unwrap();
+            let (_, s1, _) = c.get_or_load(k, |_| async { Ok(ok(&clock, 60_000)) }).await.unwrap();
+            let (_, s2, _) = c.get_or_load(k, |_| async { panic!("must not load") }).await.unwrap();
             assert_eq!((s1, s2), (Source::Provider, Source::Cache));
         });
     }
@@ -187,9 +197,9 @@ mod tests {
             let clock = Clock::manual();
             let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            c.get_or_load(k, async { Ok(ok(&clock, 50)) }).await.unwrap();
+            c.get_or_load(k, |_| async { Ok(ok(&clock, 50)) }).await.unwrap();
             clock.advance(Duration::from_millis(50));
-            let (_, s, _) = c.get_or_load(k, async { Ok(ok(&clock, 50)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, |_| async { Ok(ok(&clock, 50)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }
@@ -200,9 +210,9 @@ mod tests {
             let clock = Clock::manual();
             let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            let e = c.get_or_load(k, async { Err(Unavailable::Internal("down".into())) }).await;
+            let e = c.get_or_load(k, |_| async { Err(Unavailable::Internal("down".into())) }).await;
             assert!(e.is_err());
-            let (_, s, _) = c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, |_| async { Ok(ok(&clock, 60_000)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }
@@ -214,7 +224,7 @@ mod tests {
             let c = VerdictCache::new(10, clock.clone());
             let loads = AtomicUsize::new(0);
             let k = VerdictCache::key("a", b"t");
-            let one = || async { c.get_or_load(k, counted_load(&clock, &loads, false)).await.unwrap() };
+            let one = || async { c.get_or_load(k, |_| counted_load(&clock, &loads, false)).await.unwrap() };
             let _ = tokio::join!(one(), one(), one(), one());
             assert_eq!(loads.load(Ordering::SeqCst), 1);
         });
@@ -227,12 +237,12 @@ mod tests {
             let c = VerdictCache::new(10, clock.clone());
             let loads = AtomicUsize::new(0);
             let k = VerdictCache::key("a", b"t");
-            let one = || async { c.get_or_load(k, counted_load(&clock, &loads, true)).await.map(|(_, s, _)| s) };
+            let one = || async { c.get_or_load(k, |_| counted_load(&clock, &loads, true)).await.map(|(_, s, _)| s) };
             let (first, second) = tokio::join!(one(), one());
             assert!(first.is_err());
             assert_eq!(second, Ok(Source::Provider));
             assert_eq!(loads.load(Ordering::SeqCst), 2);
-            assert_eq!(c.get_or_load(k, async { panic!("cached") }).await.unwrap().1, Source::Cache);
+            assert_eq!(c.get_or_load(k, |_| async { panic!("cached") }).await.unwrap().1, Source::Cache);
         });
     }
 
@@ -242,15 +252,58 @@ mod tests {
             let clock = Clock::manual();
             let c = VerdictCache::new(10, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            c.get_or_load(k, async { Ok(stale_ok(&clock, 30, 60_000)) }).await.unwrap();
+            c.get_or_load(k, |_| async { Ok(stale_ok(&clock, 30, 60_000)) }).await.unwrap();
             clock.advance(Duration::from_millis(30));
-            let (_, s, why) = c.get_or_load(k, async { Err(Unavailable::Internal("down".into())) }).await.unwrap();
+            let (_, s, why) = c.get_or_load(k, |_| async { Err(down()) }).await.unwrap();
             assert_eq!(s, Source::Stale);
-            assert_eq!(why, Some(Unavailable::Internal("down".into())));
-            let (_, s, _) = c.get_or_load(k, async { Ok(stale_ok(&clock, 60_000, 0)) }).await.unwrap();
+            assert_eq!(why, Some(down()));
+            let (_, s, _) = c.get_or_load(k, |_| async { Ok(stale_ok(&clock, 60_000, 0)) }).await.unwrap();
             assert_eq!(s, Source::Provider, "a stale entry is checked again when the provider answers");
-            let (_, s, _) = c.get_or_load(k, async { panic!("fresh again") }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, |_| async { panic!("fresh again") }).await.unwrap();
             assert_eq!(s, Source::Cache);
+        });
+    }
+
+    #[test]
+    fn a_stale_acceptance_is_not_used_when_its_check_failed_otherwise_than_by_transport() {
+        rt().block_on(async {
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
+            let k = VerdictCache::key("a", b"t");
+            c.get_or_load(k, |_| async { Ok(stale_ok(&clock, 30, 60_000)) }).await.unwrap();
+            clock.advance(Duration::from_millis(30));
+            for why in [
+                Unavailable::Status { url: "http://idp/u".into(), status: 503 },
+                Unavailable::CircuitOpen { host: "idp:80".into(), failures: 5, retry_in_secs: 10 },
+                Unavailable::BadReply { url: "http://idp/u".into(), reason: "not JSON".into() },
+            ] {
+                let e = c.get_or_load(k, |_| async { Err(why.clone()) }).await;
+                assert_eq!(e.map(|(_, s, _)| s), Err(why));
+            }
+        });
+    }
+
+    #[test]
+    fn the_load_is_told_whether_a_stale_acceptance_stands_behind_it() {
+        rt().block_on(async {
+            let clock = Clock::manual();
+            let c = VerdictCache::new(10, clock.clone());
+            let k = VerdictCache::key("a", b"t");
+            let entry = stale_ok(&clock, 30, 60_000);
+            c.get_or_load(k, |stale| async move {
+                assert!(!stale, "a miss");
+                Ok(entry)
+            })
+            .await
+            .unwrap();
+            clock.advance(Duration::from_millis(30));
+            let entry = ok(&clock, 30);
+            c.get_or_load(k, |stale| async move {
+                assert!(stale, "a stale entry");
+                Ok(entry)
+            })
+            .await
+            .unwrap();
         });
     }
 
@@ -266,7 +319,7 @@ mod tests {
             let clock = Clock::manual();
             let c = VerdictCache::new(100, clock.clone());
             for i in 0..1000u32 {
-                c.get_or_load(VerdictCache::key("a", &i.to_be_bytes()), async { Ok(ok(&clock, 60_000)) })
+                c.get_or_load(VerdictCache::key("a", &i.to_be_bytes()), |_| async { Ok(ok(&clock, 60_000)) })
                     .await
                     .unwrap();
             }
@@ -280,8 +333,8 @@ mod tests {
             let clock = Clock::manual();
             let c = VerdictCache::new(0, clock.clone());
             let k = VerdictCache::key("a", b"t");
-            c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
-            let (_, s, _) = c.get_or_load(k, async { Ok(ok(&clock, 60_000)) }).await.unwrap();
+            c.get_or_load(k, |_| async { Ok(ok(&clock, 60_000)) }).await.unwrap();
+            let (_, s, _) = c.get_or_load(k, |_| async { Ok(ok(&clock, 60_000)) }).await.unwrap();
             assert_eq!(s, Source::Provider);
         });
     }

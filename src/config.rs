@@ -236,6 +236,9 @@ pub struct Settings {
     pub stats_log_interval: Duration,
     pub max_token_bytes: usize,
     pub max_response_bytes: usize,
+    /// `http_proxy` (default: none): the proxy every provider request goes through. Proxies named in
+    /// the environment (`HTTP_PROXY`, `ALL_PROXY`...) are never used.
+    pub http_proxy: Option<String>,
     /// The daemon's listener (unused by the module).
     pub listen: Listen,
     /// Notes for the admin (ignored Dovecot keys, loose permissions), logged once when loaded.
@@ -287,6 +290,7 @@ impl Default for Settings {
             stats_log_interval: Duration::ZERO,
             max_token_bytes: 16 * 1024,
             max_response_bytes: 1024 * 1024,
+            http_proxy: None,
             listen: Listen::default(),
             warnings: Vec::new(),
         }
@@ -439,6 +443,12 @@ impl Settings {
                     s.max_response_bytes = n as usize;
                 }
                 "connect_timeout_msecs" => connect_timeout_msecs = Some(parse_uint(&value).map_err(invalid)?),
+                "http_proxy" => {
+                    if !value.is_empty() {
+                        crate::http::check_url(&value).map_err(|why| invalid(why.into()))?;
+                    }
+                    s.http_proxy = opt(&value);
+                }
                 "listen" => {
                     if value.is_empty() {
                         return Err(invalid("must not be empty".into()));
@@ -526,9 +536,7 @@ impl Settings {
                 _ => self.jwks_url.iter().map(|j| &j.url).collect(),
             };
             for url in urls {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(invalid(key, "must be an http:// or https:// URL"));
-                }
+                crate::http::check_url(url).map_err(|why| invalid(key, why))?;
             }
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
@@ -604,6 +612,16 @@ fn split_line(path: &Path, line: usize, raw: &str) -> Result<Option<(String, Str
             (Some(_), _) => {}
             (None, '"' | '\'') => quote = Some(c),
             (None, '#') => {
+                // Dovecot cuts the value here too, with a warning; in a URL that hides a password's end.
+                if !trimmed[..i].ends_with(char::is_whitespace) {
+                    return Err(ConfigError::Syntax {
+                        path: path.to_owned(),
+                        line,
+                        reason: "'#' right after a value starts a comment (ambiguous): quote the value, write \
+                                 '#' in a URL as %23, or put a space before the comment"
+                            .into(),
+                    });
+                }
                 end = i;
                 break;
             }

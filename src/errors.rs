@@ -5,6 +5,8 @@
 //! problem ([`Unavailable`], "temporary failure", the client retries), and a broken settings file
 //! ([`ConfigError`], also a temporary failure: an admin mistake must not look like a wrong password).
 
+use crate::escape::{shown, shown_reason};
+use crate::http::redact_url;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -23,7 +25,18 @@ pub enum ConfigError {
     Incomplete { path: PathBuf, reason: String },
 }
 
-/// Why a token was refused. Shown in Dovecot's log (never with the token itself).
+/// A URL in an error, as every log line and the check command show it: redacted and escaped.
+fn shown_url(u: &str) -> String {
+    shown_reason(&redact_url(u))
+}
+
+/// How much of a provider's `error` text a [`Rejection::ProviderError`] keeps (one more than is shown,
+/// so a cut one is marked as cut).
+pub const PROVIDER_ERROR_CHARS: usize = crate::escape::MAX_SHOWN_CHARS + 1;
+
+/// Why a token was refused. Shown in Dovecot's log (never with the token itself). Every text field may
+/// come from outside (a provider, a token, a client, the settings file): the messages below show each
+/// one through [`crate::escape`], so no constructor has to, and none should escape it again.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Rejection {
     #[error("malformed token: {0}")]
@@ -38,40 +51,43 @@ pub enum Rejection {
     Expired(u64),
     #[error("token is not valid yet (nbf {0} s in the future)")]
     NotYetValid(u64),
-    #[error("provider reply has no '{0}' (username_attribute)")]
+    #[error("provider reply has no '{}' (username_attribute)", shown(.0))]
     NoUsername(String),
-    #[error("provider reply's '{0}' (username_attribute) is not one string")]
+    #[error("provider reply's '{}' (username_attribute) is not one string", shown(.0))]
     UsernameNotString(String),
     #[error("introspection reply has no 'active' (RFC 7662 requires it; a userinfo endpoint needs introspection_mode = auth)")]
     NoActive,
-    #[error("token belongs to '{token_user}', not to login user '{login_user}'")]
+    #[error("token belongs to '{}', not to login user '{}'", shown(.token_user), shown(.login_user))]
     WrongUser { token_user: String, login_user: String },
-    #[error("account is not active ({attribute} = '{value}')")]
+    #[error("account is not active ({} = '{}')", shown(.attribute), shown(.value))]
     AccountDisabled { attribute: String, value: String },
-    #[error("token lacks required scope '{0}'")]
+    #[error("token lacks required scope '{}'", shown(.0))]
     MissingScope(String),
-    #[error("token audience does not include any of '{0}'")]
+    #[error("token audience does not include any of '{}'", shown_reason(.0))]
     WrongAudience(String),
-    #[error("token issuer '{0}' is not accepted")]
+    #[error("token issuer '{}' is not accepted", shown(.0))]
     WrongIssuer(String),
-    #[error("{0}")]
+    #[error("{}", shown_reason(.0))]
     Invalid(String),
+    /// The provider's `error` member in a 200 reply (kept at most [`PROVIDER_ERROR_CHARS`] long).
+    #[error("provider said error '{}'", shown(.0))]
+    ProviderError(String),
     // Local JWT validation (introspection_mode = local).
     #[error("token is unsigned (alg 'none')")]
     Unsigned,
-    #[error("token alg '{0}' is HMAC; only the provider's public-key signatures are accepted")]
+    #[error("token alg '{}' is HMAC; only the provider's public-key signatures are accepted", shown(.0))]
     HmacAlgorithm(String),
-    #[error("token alg '{0}' is not supported")]
+    #[error("token alg '{}' is not supported", shown(.0))]
     UnsupportedAlgorithm(String),
-    #[error("token type (typ) '{0}' is not JWT or at+jwt")]
+    #[error("token type (typ) '{}' is not JWT or at+jwt", shown(.0))]
     WrongType(String),
-    #[error("token header marks '{0}' critical, which this module does not implement")]
+    #[error("token header marks '{}' critical, which this module does not implement", shown(.0))]
     CriticalHeader(String),
     #[error("token header carries '{0}'; signing keys are only taken from the configured key sources")]
     KeyInHeader(&'static str),
-    #[error("no signing key '{0}' for this issuer, even after refetching the keys")]
+    #[error("no signing key '{}' for this issuer, even after refetching the keys", shown(.0))]
     UnknownKey(String),
-    #[error("signing key '{kid}' is {key_type}, which cannot verify alg '{alg}'")]
+    #[error("signing key '{}' is {}, which cannot verify alg '{}'", shown(.kid), shown(.key_type), shown(.alg))]
     KeyAlgorithmMismatch { kid: String, key_type: String, alg: String },
     #[error("signature does not verify")]
     BadSignature,
@@ -104,6 +120,7 @@ impl Rejection {
             Rejection::WrongAudience(_) => "wrong_audience",
             Rejection::WrongIssuer(_) => "wrong_issuer",
             Rejection::Invalid(_) => "invalid",
+            Rejection::ProviderError(_) => "provider_error",
             Rejection::Unsigned => "unsigned",
             Rejection::HmacAlgorithm(_) => "hmac_algorithm",
             Rejection::UnsupportedAlgorithm(_) => "unsupported_algorithm",
@@ -121,25 +138,34 @@ impl Rejection {
     }
 }
 
-/// Why no verdict could be reached now; the same login may succeed later.
+/// Why no verdict could be reached now; the same login may succeed later. Text fields are shown
+/// escaped and URLs redacted by the messages below, as for [`Rejection`].
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Unavailable {
-    #[error("provider unreachable at {url}: {reason}")]
+    #[error("provider unreachable at {}: {}", shown_url(.url), shown_reason(.reason))]
     Unreachable { url: String, reason: String },
-    #[error("provider timed out after {msecs} ms at {url}")]
+    #[error("provider timed out after {msecs} ms at {}", shown_url(.url))]
     Timeout { url: String, msecs: u64 },
-    #[error("provider answered HTTP {status} at {url}")]
+    #[error("provider answered HTTP {status} at {}", shown_url(.url))]
     Status { url: String, status: u16 },
-    #[error("provider reply from {url} is unusable: {reason}")]
+    #[error("provider reply from {} is unusable: {}", shown_url(.url), shown_reason(.reason))]
     BadReply { url: String, reason: String },
-    #[error("no signing keys from {url}: {reason}")]
+    #[error("no signing keys from {}: {}", shown_url(.url), shown_reason(.reason))]
     NoKeys { url: String, reason: String },
-    #[error("provider at {host} failed {failures} times in a row; not asked again for {retry_in_secs} s")]
+    #[error("provider at {} failed {failures} times in a row; not asked again for {retry_in_secs} s", shown(.host))]
     CircuitOpen { host: String, failures: u32, retry_in_secs: u64 },
-    #[error("{0}")]
+    #[error("{}", shown_reason(&.0.to_string()))]
     Settings(#[from] ConfigError),
-    #[error("internal error: {0}")]
+    #[error("internal error: {}", shown_reason(.0))]
     Internal(String),
+}
+
+impl Unavailable {
+    /// No answer came back for this request (no connection, reset, TLS or name failure, timeout): the
+    /// only failures that say the provider cannot be reached, rather than something about a token.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Unavailable::Unreachable { .. } | Unavailable::Timeout { .. })
+    }
 }
 
 /// What Dovecot is told. Mapped to `dovecot.auth.PASSDB_RESULT_*` by the Lua binding and nowhere else.

@@ -13,6 +13,14 @@ pub fn shown(s: &str) -> String {
     shown_max(s, MAX_SHOWN_CHARS)
 }
 
+/// The longest text shown of one outside message (an error chain, a composed reason, a URL).
+pub const MAX_REASON_CHARS: usize = 512;
+
+/// [`shown`] for a message or URL, which may be longer than one value.
+pub fn shown_reason(s: &str) -> String {
+    shown_max(s, MAX_REASON_CHARS)
+}
+
 /// [`shown`] with another cap.
 pub fn shown_max(s: &str, max_chars: usize) -> String {
     let mut out = Shown { text: String::with_capacity(s.len().min(max_chars * 2)), left: max_chars, cut: false };
@@ -108,6 +116,13 @@ mod tests {
         assert_eq!(s.len(), MAX_SHOWN_CHARS + 3);
         assert!(s.ends_with("..."));
         assert_eq!(shown("short"), "short");
+    }
+
+    #[test]
+    fn messages_get_a_longer_cap_than_values() {
+        let s = shown_reason(&"x".repeat(10_000));
+        assert_eq!(s.len(), MAX_REASON_CHARS + 3);
+        assert_eq!(shown_reason("a\nb"), "a\\nb");
     }
 
     #[test]

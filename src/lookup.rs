@@ -6,7 +6,8 @@ use crate::claims;
 use crate::clock::Clock;
 use crate::config::{IntrospectionMode, Settings};
 use crate::errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};
-use crate::http::Http;
+use crate::escape::shown;
+use crate::http::{Ask, Http};
 use crate::jwks::KeyStore;
 use crate::jwt::{self, Shape};
 use crate::provider;
@@ -68,7 +69,7 @@ impl Outcome {
             _ if self.local => format!("checked locally in {} ms", self.elapsed.as_millis()),
             _ => format!("by provider in {} ms", self.elapsed.as_millis()),
         };
-        format!("dovecot-oauth2: accepted {user} (token {}, {how})", self.fingerprint)
+        format!("dovecot-oauth2: accepted {} (token {}, {how})", shown(user), self.fingerprint)
     }
 }
 
@@ -204,7 +205,7 @@ impl Authenticator {
         });
         let (entry, source, stale_because) = self
             .cache
-            .get_or_load(key, self.load(login_user, token))
+            .get_or_load(key, |stale| self.load(login_user, token, stale))
             .await
             .map_err(|u| (u.into(), Some(Source::Provider)))?;
         if let Some(why) = stale_because {
@@ -223,7 +224,9 @@ impl Authenticator {
 
     /// Validates the token locally or asks the provider, applies the rules, and decides how long the
     /// verdict may be reused.
-    async fn load(&self, login_user: &str, token: Token<'_>) -> Result<Entry, Unavailable> {
+    /// `stale`: an earlier acceptance of this token is stale, so its check is sent even while the
+    /// circuit is open (see [`Ask::StaleToken`]).
+    async fn load(&self, login_user: &str, token: Token<'_>, stale: bool) -> Result<Entry, Unavailable> {
         let s = &self.settings;
         let created = self.clock.now();
         let negative = |r: Rejection| Ok(Entry::new(Err(r), s.cache_negative_ttl, Duration::ZERO, created));
@@ -244,13 +247,17 @@ impl Authenticator {
         };
         let checked = match checked {
             Some(local) => local,
-            None => match provider::fetch_claims(&self.http, s, token).await {
-                Ok(claims) => {
-                    trace::note(|| describe_claims(s, &claims, now));
-                    claims::check(s, &claims, login_user, now).map_err(AuthError::from)
+            None => {
+                match provider::fetch_claims(&self.http, s, token, if stale { Ask::StaleToken } else { Ask::Token })
+                    .await
+                {
+                    Ok(claims) => {
+                        trace::note(|| describe_claims(s, &claims, now));
+                        claims::check(s, &claims, login_user, now).map_err(AuthError::from)
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
         };
         match checked {
             Err(AuthError::Unavailable(u)) => Err(u),
@@ -273,23 +280,20 @@ impl Authenticator {
 }
 
 /// The claims that decide a login, for the troubleshooting trace (values a token's owner may see
-/// in their own token; never the token).
+/// in their own token; never the token), escaped as every outside value in our output is.
 fn describe_claims(s: &Settings, claims: &claims::Claims, now: u64) -> String {
-    let mut parts = vec![format!(
-        "{} = {}",
-        s.username_attribute,
-        claims::claim_text(claims, &s.username_attribute).unwrap_or_else(|| "(missing)".into())
-    )];
+    let claim = |name: &str| claims::claim_text(claims, name).map_or_else(|| "(missing)".into(), |v| shown(&v));
+    let mut parts = vec![format!("{} = {}", shown(&s.username_attribute), claim(&s.username_attribute))];
     for name in ["active", "scope", "aud", "iss"] {
-        if let Some(v) = claims::claim_text(claims, name) {
-            parts.push(format!("{name} = {v}"));
+        if claims::claim_text(claims, name).is_some() {
+            parts.push(format!("{name} = {}", claim(name)));
         }
     }
     if let Some(exp) = claims.get("exp").and_then(|v| v.as_u64()) {
         parts.push(if exp > now { format!("exp in {} s", exp - now) } else { format!("exp {} s ago", now - exp) });
     }
     if let Some(a) = &s.active_attribute {
-        parts.push(format!("{a} = {}", claims::claim_text(claims, a).unwrap_or_else(|| "(missing)".into())));
+        parts.push(format!("{} = {}", shown(a), claim(a)));
     }
     format!("provider claims: {}", parts.join(", "))
 }
@@ -384,11 +388,10 @@ mod tests {
     #[test]
     fn slow_provider_times_out_as_a_temporary_failure() {
         rt().block_on(async {
-            let srv = TestServer::start(Canned::json(200, "{}").delayed(Duration::from_millis(2000))).await;
-            let started = Instant::now();
+            // It would answer (and accept) after a minute: only the timeout can make this a failure.
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#).delayed(Duration::from_secs(60))).await;
             let o = auth("timeout_msecs = 300\n", &srv.url("/userinfo")).verify("a@x", b"t").await;
-            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Timeout { .. })), "{:?}", o.verdict);
-            assert!(started.elapsed() < Duration::from_millis(1500));
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Timeout { msecs: 300, .. })), "{:?}", o.verdict);
         });
     }
 
@@ -430,11 +433,13 @@ mod tests {
     fn rejection_is_cached_for_the_negative_ttl_only() {
         rt().block_on(async {
             let srv = TestServer::start(Canned::json(401, "{}")).await;
-            let a = auth("cache_negative_ttl_secs = 1\n", &srv.url("/u"));
+            let clock = Clock::manual();
+            let a = auth_at("cache_negative_ttl_secs = 30\n", &srv.url("/u"), &clock);
             a.verify("a@x", b"t").await;
+            clock.advance(Duration::from_secs(29));
             a.verify("a@x", b"t").await;
             assert_eq!(srv.requests().len(), 1);
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            clock.advance(Duration::from_secs(1));
             a.verify("a@x", b"t").await;
             assert_eq!(srv.requests().len(), 2);
         });
@@ -443,15 +448,19 @@ mod tests {
     #[test]
     fn acceptance_is_not_cached_past_the_tokens_exp() {
         rt().block_on(async {
-            let exp = unix_now() + 1;
+            let clock = Clock::manual();
+            let exp = clock.unix() + 30;
             let srv =
                 TestServer::start(Canned::json(200, &format!(r#"{{"email":"a@x","exp":{exp},"active":true}}"#))).await;
-            let a = auth("introspection_mode = post\nleeway_secs = 0\n", &srv.url("/i"));
+            let a =
+                auth_at("introspection_mode = post\nleeway_secs = 0\ncache_ttl_secs = 300\n", &srv.url("/i"), &clock);
             assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
-            tokio::time::sleep(Duration::from_millis(2100)).await;
+            clock.advance(Duration::from_secs(29));
+            assert_eq!(a.verify("a@x", b"t").await.source, Some(Source::Cache));
+            clock.advance(Duration::from_secs(1));
             let o = a.verify("a@x", b"t").await;
             assert_eq!(o.source, Some(Source::Provider));
-            assert!(matches!(o.verdict, Verdict::Reject(Rejection::Expired(_))), "{:?}", o.verdict);
+            assert_eq!(o.verdict, Verdict::Reject(Rejection::Expired(0)));
         });
     }
 
@@ -476,24 +485,30 @@ mod tests {
 
     #[test]
     fn failing_provider_opens_the_circuit_then_logins_fail_fast_and_cached_tokens_still_work() {
+        let stub = TokenStub::start(Answer::Reply(200, ALICE_REPLY));
+        let clock = Clock::manual();
         rt().block_on(async {
-            let srv = TestServer::routes(&[("/u", Canned::json(200, r#"{"email":"a@x"}"#))]).await;
-            let a = auth("circuit_breaker_failures = 2\ncircuit_breaker_backoff_secs = 1\n", &srv.url("/u"));
+            let a = auth_at("circuit_breaker_failures = 2\ncircuit_breaker_backoff_secs = 10\n", &stub.url(), &clock);
             assert!(matches!(a.verify("a@x", b"cached").await.verdict, Verdict::Accept(_)));
-            srv.set("/u", Canned::json(503, "{}"));
-            assert!(matches!(a.verify("a@x", b"t1").await.verdict, Verdict::TempFail(Unavailable::Status { .. })));
-            assert!(matches!(a.verify("a@x", b"t2").await.verdict, Verdict::TempFail(Unavailable::Status { .. })));
+            stub.answer_others(Answer::Hangup);
+            for t in [&b"t1"[..], b"t2"] {
+                let o = a.verify("a@x", t).await;
+                assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Unreachable { .. })), "{:?}", o.verdict);
+            }
+            let asked = stub.requests();
             let o = a.verify("a@x", b"t3").await;
             assert!(
                 matches!(o.verdict, Verdict::TempFail(Unavailable::CircuitOpen { failures: 2, .. })),
                 "{:?}",
                 o.verdict
             );
-            assert_eq!(srv.count("/u"), 3, "no request while the circuit is open");
+            assert_eq!(stub.requests(), asked, "no request while the circuit is open");
             assert!(matches!(a.verify("a@x", b"cached").await.verdict, Verdict::Accept(_)));
             // It recovers by itself: after the back-off one probe goes through and closes it.
-            srv.set("/u", Canned::json(200, r#"{"email":"a@x"}"#));
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            stub.answer_others(Answer::Reply(200, ALICE_REPLY));
+            clock.advance(Duration::from_secs(9));
+            assert!(matches!(a.verify("a@x", b"t4").await.verdict, Verdict::TempFail(Unavailable::CircuitOpen { .. })));
+            clock.advance(Duration::from_secs(1));
             assert!(matches!(a.verify("a@x", b"t4").await.verdict, Verdict::Accept(_)));
             assert!(matches!(a.verify("a@x", b"t5").await.verdict, Verdict::Accept(_)));
         });
@@ -513,32 +528,38 @@ mod tests {
 
     #[test]
     fn stale_if_error_accepts_an_expired_cache_entry_only_while_the_provider_cannot_answer() {
+        let stub = TokenStub::start(Answer::Reply(200, ALICE_REPLY));
+        let clock = Clock::manual();
         rt().block_on(async {
-            let srv = TestServer::routes(&[("/u", Canned::json(200, r#"{"email":"a@x"}"#))]).await;
-            let a =
-                auth("cache_ttl_secs = 1\nstale_if_error_secs = 600\ncircuit_breaker_failures = 0\n", &srv.url("/u"));
+            let a = auth_at(
+                "cache_ttl_secs = 1\nstale_if_error_secs = 600\ncircuit_breaker_failures = 0\n",
+                &stub.url(),
+                &clock,
+            );
             assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-            srv.set("/u", Canned::json(503, "{}"));
+            clock.advance(Duration::from_secs(1));
+            stub.answer("t", Answer::Hangup);
             let o = a.verify("a@x", b"t").await;
             assert!(matches!(o.verdict, Verdict::Accept(_)), "{:?}", o.verdict);
             assert_eq!(o.source, Some(Source::Stale));
             assert!(o.warnings.iter().any(|w| w.contains("stale_if_error_secs")), "{:?}", o.warnings);
             // When the provider answers again, its answer wins (here: revoked).
-            srv.set("/u", Canned::json(401, "{}"));
+            stub.answer("t", Answer::Reply(401, "{}"));
             assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Reject(Rejection::ProviderRefused(401))));
         });
     }
 
     #[test]
     fn without_stale_if_error_an_expired_cache_entry_is_a_temporary_failure_when_the_provider_is_down() {
+        let stub = TokenStub::start(Answer::Reply(200, ALICE_REPLY));
+        let clock = Clock::manual();
         rt().block_on(async {
-            let srv = TestServer::routes(&[("/u", Canned::json(200, r#"{"email":"a@x"}"#))]).await;
-            let a = auth("cache_ttl_secs = 1\n", &srv.url("/u"));
+            let a = auth_at("cache_ttl_secs = 1\n", &stub.url(), &clock);
             assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::Accept(_)));
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-            srv.set("/u", Canned::json(503, "{}"));
-            assert!(matches!(a.verify("a@x", b"t").await.verdict, Verdict::TempFail(_)));
+            clock.advance(Duration::from_secs(1));
+            stub.answer("t", Answer::Hangup);
+            let o = a.verify("a@x", b"t").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Unreachable { .. })), "{:?}", o.verdict);
         });
     }
 
@@ -574,10 +595,11 @@ mod tests {
     #[test]
     fn a_pooled_connection_the_provider_closed_between_logins_is_retried_on_a_new_one() {
         use std::io::{BufRead, BufReader, Write};
-        // A provider on a plain thread that closes each kept-alive connection shortly after answering,
-        // while this process's runtime is idle (as between two logins in an auth-worker).
+        // A provider on a plain thread that closes each kept-alive connection after answering, while
+        // this process's runtime is idle (as between two logins in an auth-worker).
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (closed_tx, closed) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for conn in listener.incoming().take(3) {
                 let mut conn = conn.unwrap();
@@ -592,16 +614,357 @@ mod tests {
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                std::thread::sleep(Duration::from_millis(50));
+                let _ = conn.shutdown(std::net::Shutdown::Both);
                 drop(conn);
+                let _ = closed_tx.send(());
             }
         });
         let text = format!("introspection_url = http://127.0.0.1:{port}/u\n");
         let engine = crate::Engine::new(Settings::parse(Path::new("t.conf"), &text).unwrap()).unwrap();
         assert!(matches!(engine.verify("a@x", b"t1").verdict, Verdict::Accept(_)));
-        std::thread::sleep(Duration::from_millis(200));
+        closed.recv().unwrap();
         let o = engine.verify("a@x", b"t2");
         assert!(matches!(o.verdict, Verdict::Accept(_)), "{:?}", o.verdict);
+    }
+
+    /// What [`TokenStub`] does with a request carrying one token.
+    #[derive(Clone)]
+    enum Answer {
+        Reply(u16, &'static str),
+        /// Close the connection without answering: a transport failure, as a crashing provider gives.
+        Hangup,
+    }
+
+    /// A userinfo-style provider on its own thread that answers by bearer token: listed tokens get
+    /// their own answer, every other token gets `others`. Counts the requests it reads.
+    struct TokenStub {
+        port: u16,
+        answers: Arc<std::sync::Mutex<std::collections::HashMap<String, Answer>>>,
+        others: Arc<std::sync::Mutex<Answer>>,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl TokenStub {
+        fn start(others: Answer) -> TokenStub {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let stub = TokenStub {
+                port,
+                answers: Default::default(),
+                others: Arc::new(std::sync::Mutex::new(others)),
+                requests: Default::default(),
+            };
+            let (answers, others, requests) = (stub.answers.clone(), stub.others.clone(), stub.requests.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { return };
+                    let (answers, others, requests) = (answers.clone(), others.clone(), requests.clone());
+                    std::thread::spawn(move || {
+                        let mut reader = BufReader::new(conn.try_clone().unwrap());
+                        loop {
+                            let (mut token, mut length, mut line) = (String::new(), 0usize, String::new());
+                            loop {
+                                line.clear();
+                                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                let lower = line.to_ascii_lowercase();
+                                if let Some(v) = lower.strip_prefix("authorization: bearer ") {
+                                    token = line[line.len() - v.len()..].trim().to_string();
+                                } else if let Some(v) = lower.strip_prefix("content-length: ") {
+                                    length = v.trim().parse().unwrap_or(0);
+                                } else if line == "\r\n" {
+                                    break;
+                                }
+                            }
+                            let mut body = vec![0; length];
+                            if reader.read_exact(&mut body).is_err() {
+                                return;
+                            }
+                            requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let answer = answers.lock().unwrap().get(&token).cloned();
+                            match answer.unwrap_or_else(|| others.lock().unwrap().clone()) {
+                                Answer::Hangup => return,
+                                Answer::Reply(status, body) => {
+                                    let _ = write!(
+                                        conn,
+                                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    );
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            stub
+        }
+
+        fn url(&self) -> String {
+            format!("http://127.0.0.1:{}/userinfo", self.port)
+        }
+
+        fn answer(&self, token: &str, answer: Answer) {
+            self.answers.lock().unwrap().insert(token.to_string(), answer);
+        }
+
+        fn answer_others(&self, answer: Answer) {
+            *self.others.lock().unwrap() = answer;
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    const ALICE_REPLY: &str = r#"{"email":"a@x"}"#;
+
+    fn auth_at(extra: &str, url: &str, clock: &Clock) -> Authenticator {
+        let text = format!("introspection_url = {url}\n{extra}");
+        Authenticator::with_clock(Settings::parse(Path::new("t.conf"), &text).unwrap(), clock.clone()).unwrap()
+    }
+
+    #[test]
+    fn garbage_tokens_the_provider_answers_5xx_429_or_3xx_for_do_not_lock_out_a_good_token() {
+        for status in [500, 502, 503, 429, 302] {
+            let stub = TokenStub::start(Answer::Reply(status, "{}"));
+            stub.answer("good", Answer::Reply(200, ALICE_REPLY));
+            rt().block_on(async {
+                let a = auth_at("circuit_breaker_failures = 3\n", &stub.url(), &Clock::manual());
+                for i in 0..10 {
+                    let o = a.verify("a@x", format!("garbage{i}").as_bytes()).await;
+                    assert!(
+                        matches!(o.verdict, Verdict::TempFail(Unavailable::Status { .. })),
+                        "{status}: {:?}",
+                        o.verdict
+                    );
+                }
+                let o = a.verify("a@x", b"good").await;
+                assert_eq!(o.verdict, Verdict::Accept(vec![]), "{status}");
+                assert_eq!(stub.requests(), 11, "{status}: every token was asked about");
+            });
+        }
+    }
+
+    #[test]
+    fn a_provider_that_cannot_be_reached_opens_the_circuit() {
+        let stub = TokenStub::start(Answer::Hangup);
+        rt().block_on(async {
+            let a = auth_at("circuit_breaker_failures = 2\n", &stub.url(), &Clock::manual());
+            for t in [&b"t1"[..], b"t2"] {
+                let o = a.verify("a@x", t).await;
+                assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Unreachable { .. })), "{:?}", o.verdict);
+            }
+            let asked = stub.requests();
+            let o = a.verify("a@x", b"t3").await;
+            assert!(
+                matches!(o.verdict, Verdict::TempFail(Unavailable::CircuitOpen { failures: 2, .. })),
+                "{:?}",
+                o.verdict
+            );
+            assert_eq!(stub.requests(), asked, "not asked while the circuit is open");
+        });
+    }
+
+    /// A token accepted a minute ago whose acceptance is now stale (cache_ttl 60 s, stale 600 s), then
+    /// revoked: the provider answers 401 for it.
+    fn revoked_after_a_stale_acceptance(stub: &TokenStub, clock: &Clock) -> Authenticator {
+        let a = auth_at(
+            "cache_ttl_secs = 60\nstale_if_error_secs = 600\ncircuit_breaker_failures = 2\n",
+            &stub.url(),
+            clock,
+        );
+        stub.answer("victim", Answer::Reply(200, ALICE_REPLY));
+        rt().block_on(async { assert_eq!(a.verify("a@x", b"victim").await.verdict, Verdict::Accept(vec![])) });
+        clock.advance(Duration::from_secs(60));
+        stub.answer("victim", Answer::Reply(401, "{}"));
+        a
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_not_served_stale_after_garbage_tokens_the_provider_answered_5xx_for() {
+        let stub = TokenStub::start(Answer::Reply(503, "{}"));
+        let clock = Clock::manual();
+        let a = revoked_after_a_stale_acceptance(&stub, &clock);
+        rt().block_on(async {
+            for t in [&b"g1"[..], b"g2", b"g3"] {
+                a.verify("a@x", t).await;
+            }
+            let o = a.verify("a@x", b"victim").await;
+            assert_eq!(o.verdict, Verdict::Reject(Rejection::ProviderRefused(401)));
+        });
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_not_served_stale_while_the_circuit_is_open() {
+        let stub = TokenStub::start(Answer::Hangup);
+        let clock = Clock::manual();
+        let a = revoked_after_a_stale_acceptance(&stub, &clock);
+        rt().block_on(async {
+            for t in [&b"g1"[..], b"g2"] {
+                a.verify("a@x", t).await;
+            }
+            let o = a.verify("a@x", b"g3").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::CircuitOpen { .. })), "{:?}", o.verdict);
+            let o = a.verify("a@x", b"victim").await;
+            assert_eq!(o.verdict, Verdict::Reject(Rejection::ProviderRefused(401)));
+            assert_eq!(o.source, Some(Source::Provider));
+        });
+    }
+
+    #[test]
+    fn a_stale_acceptance_stands_in_when_its_own_check_fails_by_transport_even_with_the_circuit_open() {
+        let stub = TokenStub::start(Answer::Hangup);
+        let clock = Clock::manual();
+        let a = revoked_after_a_stale_acceptance(&stub, &clock);
+        stub.answer("victim", Answer::Hangup);
+        rt().block_on(async {
+            for t in [&b"g1"[..], b"g2"] {
+                a.verify("a@x", t).await;
+            }
+            let o = a.verify("a@x", b"victim").await;
+            assert_eq!((o.verdict, o.source), (Verdict::Accept(vec![]), Some(Source::Stale)));
+            assert!(o.warnings.iter().any(|w| w.contains("provider unreachable")), "{:?}", o.warnings);
+        });
+    }
+
+    #[test]
+    fn a_stale_acceptance_is_not_used_when_the_provider_answers_5xx_for_that_token() {
+        let stub = TokenStub::start(Answer::Reply(200, ALICE_REPLY));
+        let clock = Clock::manual();
+        let a = revoked_after_a_stale_acceptance(&stub, &clock);
+        stub.answer("victim", Answer::Reply(503, "{}"));
+        rt().block_on(async {
+            let o = a.verify("a@x", b"victim").await;
+            assert!(matches!(o.verdict, Verdict::TempFail(Unavailable::Status { status: 503, .. })), "{:?}", o.verdict);
+        });
+    }
+
+    #[test]
+    fn an_answer_to_a_stale_tokens_check_closes_an_open_circuit() {
+        let stub = TokenStub::start(Answer::Hangup);
+        let clock = Clock::manual();
+        let a = revoked_after_a_stale_acceptance(&stub, &clock);
+        rt().block_on(async {
+            for t in [&b"g1"[..], b"g2"] {
+                a.verify("a@x", t).await;
+            }
+            stub.answer("victim", Answer::Reply(200, ALICE_REPLY));
+            stub.answer("new", Answer::Reply(200, ALICE_REPLY));
+            assert_eq!(a.verify("a@x", b"victim").await.verdict, Verdict::Accept(vec![]));
+            assert_eq!(a.verify("a@x", b"new").await.verdict, Verdict::Accept(vec![]), "the circuit is closed again");
+        });
+    }
+
+    /// A value from outside that tries to forge a log line, act on a terminal and truncate the line.
+    const HOSTILE: &str = "evil\nauth: Info: dovecot-oauth2: accepted root\u{1b}[2J\u{0}tail\u{2028}";
+
+    fn outcome(verdict: Verdict) -> Outcome {
+        Outcome {
+            verdict,
+            source: Some(Source::Provider),
+            fingerprint: fingerprint(b"t"),
+            elapsed: Duration::ZERO,
+            local: false,
+            warnings: vec![],
+        }
+    }
+
+    fn assert_escaped(line: &str) {
+        assert!(!line.chars().any(|c| c.is_control() || c == '\u{2028}'), "raw control character in {line:?}");
+        assert!(line.to_lowercase().contains("evil\\nauth: info"), "the value is shown escaped: {line:?}");
+    }
+
+    #[test]
+    fn every_outside_string_in_a_refusal_line_is_escaped() {
+        let h = || HOSTILE.to_string();
+        for r in [
+            Rejection::NoUsername(h()),
+            Rejection::WrongUser { token_user: h(), login_user: "a@x".into() },
+            Rejection::WrongUser { token_user: "a@x".into(), login_user: h() },
+            Rejection::AccountDisabled { attribute: "status".into(), value: h() },
+            Rejection::AccountDisabled { attribute: h(), value: "x".into() },
+            Rejection::MissingScope(h()),
+            Rejection::WrongAudience(h()),
+            Rejection::WrongIssuer(h()),
+            Rejection::Invalid(h()),
+            Rejection::HmacAlgorithm(h()),
+            Rejection::UnsupportedAlgorithm(h()),
+            Rejection::WrongType(h()),
+            Rejection::CriticalHeader(h()),
+            Rejection::UnknownKey(h()),
+            Rejection::KeyAlgorithmMismatch { kid: h(), key_type: "RSA".into(), alg: "RS256".into() },
+        ] {
+            assert_escaped(&outcome(Verdict::Reject(r)).log_line().unwrap());
+        }
+    }
+
+    #[test]
+    fn every_outside_string_in_a_temporary_failure_line_is_escaped() {
+        let h = || HOSTILE.to_string();
+        let url = || "https://idp.test/u".to_string();
+        for u in [
+            Unavailable::Unreachable { url: url(), reason: h() },
+            Unavailable::BadReply { url: url(), reason: h() },
+            Unavailable::NoKeys { url: url(), reason: h() },
+            Unavailable::CircuitOpen { host: h(), failures: 1, retry_in_secs: 1 },
+            Unavailable::Internal(h()),
+            Unavailable::Settings(ConfigError::UnknownKey { path: "t.conf".into(), line: 1, key: h() }),
+            Unavailable::Settings(ConfigError::Invalid {
+                path: "t.conf".into(),
+                line: 1,
+                key: "k".into(),
+                reason: h(),
+            }),
+        ] {
+            assert_escaped(&outcome(Verdict::TempFail(u)).log_line().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_hostile_login_user_is_escaped_in_the_acceptance_line() {
+        assert_escaped(&outcome(Verdict::Accept(vec![])).accept_line(HOSTILE));
+    }
+
+    #[test]
+    fn a_long_outside_value_is_cut_in_the_log_line() {
+        let line = outcome(Verdict::Reject(Rejection::WrongIssuer("i".repeat(100_000)))).log_line().unwrap();
+        assert!(line.len() < 1000, "{} bytes", line.len());
+        assert!(line.contains("..."), "{line}");
+    }
+
+    #[test]
+    fn provider_strings_reach_the_refusal_line_escaped() {
+        rt().block_on(async {
+            let evil = r#"evil\nauth: Info: dovecot-oauth2: accepted root\u001b[2J\u0000tail"#;
+            for (extra, reply) in [
+                ("", format!(r#"{{"email":"{evil}"}}"#)),
+                ("", format!(r#"{{"error":"{evil}"}}"#)),
+                ("issuers = https://idp.test\n", format!(r#"{{"email":"a@x","iss":"{evil}"}}"#)),
+                ("active_attribute = status\nactive_value = ok\n", format!(r#"{{"email":"a@x","status":"{evil}"}}"#)),
+                ("username_attribute = name\n", format!(r#"{{"name":"{evil}"}}"#)),
+            ] {
+                let srv = TestServer::start(Canned::json(200, &reply)).await;
+                let o = auth(extra, &srv.url("/u")).verify("a@x", b"t").await;
+                assert!(matches!(o.verdict, Verdict::Reject(_)), "{reply}: {:?}", o.verdict);
+                assert_escaped(&o.log_line().unwrap());
+            }
+        });
+    }
+
+    #[test]
+    fn claims_in_a_traced_login_are_escaped() {
+        rt().block_on(async {
+            let evil = r#"evil\nauth: Info: dovecot-oauth2: accepted root\u001b[2J\u0000tail"#;
+            let reply =
+                format!(r#"{{"email":"{evil}","scope":"{evil}","aud":"{evil}","iss":"{evil}","active":"{evil}"}}"#);
+            let srv = TestServer::start(Canned::json(200, &reply)).await;
+            let a = auth("introspection_mode = post\n", &srv.url("/u"));
+            let (_, steps) = crate::trace::traced(a.verify("a@x", b"t")).await;
+            let claims = steps.iter().find(|s| s.starts_with("provider claims")).expect("claims noted");
+            assert_escaped(claims);
+        });
     }
 
     #[test]

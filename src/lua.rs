@@ -4,10 +4,12 @@
 //! Loading does nothing but build this table: Dovecot loads the script in the main auth process (as
 //! dovecot) and in every worker (as root), so settings are read, and the runtime, client and cache
 //! built, on a worker's first login. This file is the one place where verdicts become Dovecot's
-//! PASSDB_RESULT_* codes.
+//! PASSDB_RESULT_* codes. What it logs is built escaped by the engine (outcome lines and warnings,
+//! error messages); only the settings warnings are escaped here.
 
 use crate::engine::Engine;
 use crate::errors::{Unavailable, Verdict};
+use crate::escape::shown_reason;
 use mlua::prelude::*;
 use mlua::ObjectLike;
 use once_cell::sync::OnceCell;
@@ -84,8 +86,9 @@ impl Validator {
         }
         let built = catch_unwind(AssertUnwindSafe(|| Engine::load(&self.path)))
             .map_err(|p| Unavailable::Internal(format!("panic while loading settings: {}", panic_text(p))))??;
+        // Settings warnings name paths and keys from the file: escaped like every outside string.
         for w in &built.settings().warnings {
-            let _ = req_log(req, "log_warning", &format!("dovecot-oauth2: {w}"));
+            let _ = req_log(req, "log_warning", &format!("dovecot-oauth2: {}", shown_reason(w)));
         }
         Ok(self.engine.get_or_init(|| built))
     }

@@ -3,16 +3,17 @@
 
 use crate::claims::{claim_text, Claims};
 use crate::config::{IntrospectionMode, Settings};
-use crate::errors::{AuthError, Rejection, Unavailable};
-use crate::http::{redact_url, Http, Reply};
+use crate::errors::{AuthError, Rejection, Unavailable, PROVIDER_ERROR_CHARS};
+use crate::http::{redact_url, Ask, Http, Reply};
 use crate::token::Token;
 
 /// The claims the provider reports for `token`, merged from tokeninfo and introspection as Dovecot does.
-pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result<Claims, AuthError> {
+/// `ask` is [`Ask::StaleToken`] when an earlier acceptance of this token is stale, else [`Ask::Token`].
+pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>, ask: Ask) -> Result<Claims, AuthError> {
     let mut claims = Claims::new();
     if let Some(url) = &s.tokeninfo_url {
         let full = format!("{url}{}", token.url_encoded());
-        let reply = http.send(http.client().get(&full), url).await?;
+        let reply = http.send_as(http.client().get(&full), url, ask).await?;
         claims = parse_reply(&reply, url, false)?;
         if !s.force_introspection && has_all_fields(s, &claims) || s.introspection_url.is_none() {
             return Ok(claims);
@@ -37,7 +38,7 @@ pub async fn fetch_claims(http: &Http, s: &Settings, token: Token<'_>) -> Result
                 (req, true)
             }
         };
-        let reply = http.send(req, url).await?;
+        let reply = http.send_as(req, url, ask).await?;
         let answer = parse_reply(&reply, url, post)?;
         // RFC 7662 2.2: `active` is required; a reply without it says nothing about the token.
         if post && !answer.contains_key("active") {
@@ -93,8 +94,7 @@ pub fn parse_reply(reply: &Reply, url: &str, client_authenticated: bool) -> Resu
         return Err(Unavailable::BadReply { url: shown, reason: "not a JSON object".into() }.into());
     };
     if let Some(serde_json::Value::String(err)) = map.get("error") {
-        let err: String = err.chars().filter(|c| !c.is_control()).take(100).collect();
-        return Err(Rejection::Invalid(format!("provider said error '{err}'")).into());
+        return Err(Rejection::ProviderError(err.chars().take(PROVIDER_ERROR_CHARS).collect()).into());
     }
     Ok(map)
 }
@@ -204,11 +204,11 @@ mod tests {
             let s = Settings::parse(std::path::Path::new("t"), &text).unwrap();
             let http = Http::new(&s, Default::default(), crate::clock::Clock::manual()).unwrap();
             let token = Token::parse(b"opaque", 100).unwrap();
-            assert_eq!(fetch_claims(&http, &s, token).await, Err(Rejection::NoActive.into()));
+            assert_eq!(fetch_claims(&http, &s, token, crate::http::Ask::Token).await, Err(Rejection::NoActive.into()));
             // A userinfo-style reply (auth mode) has no `active`, and needs none.
             let text = format!("introspection_url = {}\n", srv.url("/i"));
             let s = Settings::parse(std::path::Path::new("t"), &text).unwrap();
-            assert!(fetch_claims(&http, &s, token).await.is_ok());
+            assert!(fetch_claims(&http, &s, token, crate::http::Ask::Token).await.is_ok());
         });
     }
 

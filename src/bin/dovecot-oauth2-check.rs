@@ -1,9 +1,11 @@
 //! Troubleshooting: checks one token for one user exactly as the Dovecot module would, and prints each
 //! step (mode, endpoint and HTTP status, the claims that decided, cache state) and the verdict.
-//! Never prints the token. Exit code: 0 accepted, 1 rejected, 2 temporary failure or bad settings.
+//! Never prints the token, and every string from outside (the user, settings values, claims, error
+//! messages) is shown escaped. Exit code: 0 accepted, 1 rejected, 2 temporary failure or bad settings.
 //! Needs no Lua, so it runs inside a docker-mailserver container as it is.
 
 use dovecot_oauth2::config::{IntrospectionMode, Settings};
+use dovecot_oauth2::escape::{shown, shown_reason};
 use dovecot_oauth2::http::redact_url;
 use dovecot_oauth2::token::fingerprint;
 use dovecot_oauth2::{Engine, Verdict};
@@ -59,29 +61,30 @@ fn main() -> ExitCode {
         }
     };
 
-    println!("settings: {}", path.display());
+    println!("settings: {}", shown_reason(&path.display().to_string()));
     let settings = match Settings::load(&path) {
         Ok(s) => s,
         Err(e) => {
-            println!("verdict: TEMPORARY FAILURE: {e}");
+            println!("verdict: TEMPORARY FAILURE: {}", shown_reason(&e.to_string()));
             return ExitCode::from(2);
         }
     };
     for w in &settings.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", shown_reason(w));
     }
     describe_settings(&settings);
-    println!("user: {user}");
+    println!("user: {}", shown(&user));
     println!("token: {} bytes, {}", token.len(), fingerprint(&token));
     let engine = match Engine::new(settings) {
         Ok(e) => e,
         Err(e) => {
-            println!("verdict: TEMPORARY FAILURE: {e}");
+            println!("verdict: TEMPORARY FAILURE: {}", shown_reason(&e.to_string()));
             return ExitCode::from(2);
         }
     };
     println!("cache: empty (this is a new process; each Dovecot auth-worker keeps its own cache)");
     let (outcome, steps) = engine.explain(&user, &token);
+    // Steps and warnings are built with their outside values escaped already.
     for step in steps {
         println!("step: {step}");
     }
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
         Verdict::Accept(fields) => {
             println!("verdict: ACCEPTED in {} ms", outcome.elapsed.as_millis());
             for (k, v) in fields {
-                println!("passdb field: {k}={v}");
+                println!("passdb field: {}={}", shown(k), shown_reason(v));
             }
             ExitCode::SUCCESS
         }
@@ -127,10 +130,13 @@ fn describe_settings(s: &Settings) {
     for u in &s.jwks_url {
         println!("jwks_url: {} (verifies issuer {})", redact_url(&u.url), u.issuer);
     }
-    println!("username_attribute: {} (compared after username_format)", s.username_attribute);
+    if let Some(u) = &s.http_proxy {
+        println!("http_proxy: {}", redact_url(u));
+    }
+    println!("username_attribute: {} (compared after username_format)", shown(&s.username_attribute));
     for (name, list) in [("scope", &s.scope), ("audience", &s.audience), ("issuers", &s.issuers)] {
         if !list.is_empty() {
-            println!("{name}: {}", list.join(" "));
+            println!("{name}: {}", shown_reason(&list.join(" ")));
         }
     }
 }

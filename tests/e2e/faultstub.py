@@ -1,6 +1,9 @@
 """A provider that misbehaves on purpose, for faults a real OpenID provider won't produce: slow replies,
-5xx, 429, redirects, resets, garbage, huge or endless bodies. Between faults it answers userinfo like a
-provider would (Bearer token -> {"email": ...}), so recovery can be observed. Loopback only."""
+5xx, 429, redirects, resets, garbage, huge or endless bodies, hostile claim values. Between faults it
+answers userinfo like a provider would (Bearer token -> {"email": ...}; an unknown token -> 401), so
+recovery can be observed. A fault can be set for everyone (`set`), for one token (`per_token`) or for
+the tokens it does not know (`unknown`), so one client's tokens can misbehave while others' work.
+Loopback only."""
 
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ class FaultStub:
     def __init__(self, tokens: dict[str, str] | None = None):
         self.tokens = dict(tokens or {})  # token -> email
         self.fault: str = "ok"
-        self.arg: float = 0
+        self.arg = 0
+        self.per_token: dict[str, tuple[str, object]] = {}  # token -> (fault, arg), before `fault`
+        self.unknown: tuple[str, object] = ("status", 401)  # what a token not in `tokens` gets
         self.requests = 0
+        self.requests_by_token: dict[str, int] = {}
         self._lock = threading.Lock()
         stub = self
 
@@ -28,9 +34,11 @@ class FaultStub:
                 pass
 
             def do_GET(self):
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
                 with stub._lock:
                     stub.requests += 1
-                stub._answer(self)
+                    stub.requests_by_token[token] = stub.requests_by_token.get(token, 0) + 1
+                stub._answer(self, token)
 
             do_POST = do_GET
 
@@ -51,20 +59,28 @@ class FaultStub:
         self.server.shutdown()
         self.server.server_close()
 
-    def set(self, fault: str, arg: float = 0) -> None:
+    def set(self, fault: str, arg: object = 0) -> None:
         self.fault, self.arg = fault, arg
 
-    def _answer(self, h: BaseHTTPRequestHandler) -> None:
-        fault, arg = self.fault, self.arg
+    def _answer(self, h: BaseHTTPRequestHandler, token: str) -> None:
+        fault, arg = self.per_token.get(token, (self.fault, self.arg))
         if fault == "slow":
             time.sleep(arg)
             fault = "ok"
         if fault == "ok":
-            auth = h.headers.get("Authorization", "")
-            email = self.tokens.get(auth.removeprefix("Bearer ").strip())
+            email = self.tokens.get(token)
             if email is None:
-                return self._send(h, 401, b'{"error":"invalid_token"}')
+                fault, arg = self.unknown
+                if fault == "status" and arg == 401:
+                    return self._send(h, 401, b'{"error":"invalid_token"}')
+                return self._answer_fault(h, fault, arg)
             return self._send(h, 200, json.dumps({"email": email, "sub": email}).encode())
+        return self._answer_fault(h, fault, arg)
+
+    def _answer_fault(self, h: BaseHTTPRequestHandler, fault: str, arg: object) -> None:
+        if fault == "claims":
+            # A 200 reply with these claims (a dict), as a hostile or broken provider may send.
+            return self._send(h, 200, json.dumps(arg).encode())
         if fault == "status":
             return self._send(h, int(arg), b'{"error":"server_error"}')
         if fault == "redirect":

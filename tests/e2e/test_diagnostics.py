@@ -67,6 +67,22 @@ def test_check_command_exits_2_naming_a_bad_settings_key(live_idp, settings_file
     assert "line 4: unknown key 'usernam_attribute'" in r.stdout.decode()
 
 
+@pytest.mark.parametrize(
+    "userinfo,secrets",
+    [("dovecot:S3CR/ET9", ["S3CR", "ET9"]), ("dovecot:1234/5678", ["1234", "5678"]),
+     ("dovecot:1234?5678", ["1234", "5678"]), ("dove/cot:s3cretX", ["dove/", "s3cretX"])],
+    ids=["slash", "numeric-slash", "question-mark", "slash-in-user"],
+)
+def test_check_command_never_shows_introspection_url_credentials_that_do_not_parse(settings_file, userinfo, secrets):
+    path = settings_file(f"introspection_url = https://{userinfo}@idp.test/introspect\nintrospection_mode = post\n")
+    r = check(path, ALICE, "x" * 20)
+    out = r.stdout.decode() + r.stderr.decode()
+    assert r.returncode == 2, out
+    assert "line 1: introspection_url: " in out, out
+    for secret in secrets:
+        assert secret not in out, out
+
+
 def test_counters_are_written_to_dovecots_log_at_the_configured_interval(make_stack, live_idp):
     s = make_stack(userinfo_settings(live_idp, "stats_log_interval_secs = 1\n"), postfix=False, auth_worker_max_count=1)
     token = live_idp.token("alice")

@@ -74,34 +74,95 @@ def test_a_valid_token_still_works_after_all_that(hostile, stub):
     assert verdict == "OK", fields
 
 
+WRONG_USER = "token belongs to 'alice@example.test', not to login user 'bob@example.test'"
+
+
 @pytest.mark.parametrize(
-    "sasl",
+    "sasl,expected",
     [
-        b"user=%(bob)s\x01user=%(alice)s\x01auth=Bearer %(tok)s\x01\x01",
-        b"user=%(bob)s\x01auth=Bearer %(tok)s\x01auth=Bearer %(tok)s\x01\x01",
-        b"user=%(bob)s\x01\x01\x01auth=Bearer %(tok)s\x01\x01",
-        b"user=%(bob)s\x01auth=Bearer %(tok)s\x01extra=1\x01\x01",
-        b"user=%(bob)s\x01auth=bearer %(tok)s\x01\x01",
-        b"user=%(bob)s\x01auth=Bearer  %(tok)s\x01\x01",
+        # Dovecot 2.3 takes the last user=: the login is alice's, with alice's token.
+        (b"user=%(bob)s\x01user=%(alice)s\x01auth=Bearer %(tok)s\x01\x01", "OK"),
+        (b"user=%(alice)s\x01user=%(bob)s\x01auth=Bearer %(tok)s\x01\x01", WRONG_USER),
+        (b"user=%(bob)s\x01auth=Bearer %(tok)s\x01auth=Bearer %(tok)s\x01\x01", WRONG_USER),
+        (b"user=%(bob)s\x01\x01\x01auth=Bearer %(tok)s\x01\x01", WRONG_USER),
+        (b"user=%(bob)s\x01auth=Bearer %(tok)s\x01extra=1\x01\x01", WRONG_USER),
+        (b"user=%(bob)s\x01auth=bearer %(tok)s\x01\x01", WRONG_USER),
+        # The second space makes the token start with one: not a b64token, the provider is not asked.
+        (b"user=%(bob)s\x01auth=Bearer  %(tok)s\x01\x01", "malformed token: characters outside RFC 6750 b64token"),
     ],
-    ids=["two-users", "two-auths", "empty-fields", "extra-field", "lowercase-scheme", "double-space"],
+    ids=["two-users", "two-users-last-is-bob", "two-auths", "empty-fields", "extra-field", "lowercase-scheme",
+         "double-space"],
 )
-def test_odd_xoauth2_messages_never_log_in_as_anyone_but_the_tokens_owner(hostile, stub, sasl):
+def test_odd_xoauth2_messages_never_log_in_as_anyone_but_the_tokens_owner(hostile, stub, sasl, expected):
     s, c = hostile
     tok = known_token(stub, ALICE)
     msg = sasl % {b"bob": b"bob@example.test", b"alice": ALICE.encode(), b"tok": tok.encode()}
+    mark = s.log_mark()
     verdict, fields = c.auth("XOAUTH2", msg)
-    if verdict == "OK":
-        assert fields.get("user") == ALICE, fields
+    if expected == "OK":
+        assert (verdict, fields.get("user")) == ("OK", ALICE), fields
+    else:
+        assert verdict == "FAIL", fields
+        assert expected in s.wait_log(mark, "authentication failed"), s.log_since(mark)[-2000:]
 
 
-def test_odd_oauthbearer_gs2_headers_never_log_in_as_anyone_but_the_tokens_owner(hostile, stub):
+@pytest.mark.parametrize(
+    "gs2,expected",
+    [
+        # Dovecot 2.3 takes the last a=.
+        (b"n,a=bob@example.test,a=alice@example.test,", "OK"),
+        (b"n,a=alice@example.test,a=bob@example.test,", WRONG_USER),
+        (b"n,a=bob@example.test,,", WRONG_USER),
+        (b"y,a=bob@example.test,", WRONG_USER),
+        (b"n,,", "Missing username or token"),  # refused by Dovecot before any passdb
+    ],
+    ids=["two-users", "two-users-last-is-bob", "empty-field", "channel-binding-flag", "no-user"],
+)
+def test_odd_oauthbearer_gs2_headers_never_log_in_as_anyone_but_the_tokens_owner(hostile, stub, gs2, expected):
     s, c = hostile
     tok = known_token(stub, ALICE).encode()
-    for gs2 in (b"n,a=bob@example.test,a=alice@example.test,", b"n,a=bob@example.test,,", b"y,a=bob@example.test,", b"n,,"):
-        verdict, fields = c.auth("OAUTHBEARER", gs2 + b"\x01auth=Bearer " + tok + b"\x01\x01")
-        if verdict == "OK":
-            assert fields.get("user") == ALICE, (gs2, fields)
+    mark = s.log_mark()
+    verdict, fields = c.auth("OAUTHBEARER", gs2 + b"\x01auth=Bearer " + tok + b"\x01\x01")
+    if expected == "OK":
+        assert (verdict, fields.get("user")) == ("OK", ALICE), fields
+    else:
+        assert verdict == "FAIL", fields
+        assert expected in s.wait_log(mark, expected), s.log_since(mark)[-2000:]
+
+
+# A provider value that tries to forge a log line, act on the admin's terminal and cut the line short.
+FORGED = "forged-line-8d1f"
+HOSTILE_VALUE = f"evil\nauth: Info: {FORGED} accepted root\x1b[2J\x00tail"
+
+
+@pytest.mark.parametrize(
+    "claims,reason",
+    [
+        ({"email": HOSTILE_VALUE}, "token belongs to 'evil\\nauth: info: " + FORGED),
+        ({"error": HOSTILE_VALUE}, "provider said error 'evil\\nauth: Info: " + FORGED),
+        ({"email": ALICE, "status": "ok", "iss": HOSTILE_VALUE}, "token issuer 'evil\\nauth: Info: " + FORGED),
+        ({"email": ALICE, "status": HOSTILE_VALUE}, "account is not active (status = 'evil\\nauth: Info: " + FORGED),
+    ],
+    ids=["username", "provider-error", "issuer", "active-attribute"],
+)
+def test_provider_strings_cannot_forge_or_cut_a_line_in_dovecots_log(make_stack, stub, claims, reason):
+    s = make_stack(f"introspection_url = {stub.url}\nissuers = https://idp.test\nactive_attribute = status\n"
+                   "active_value = ok\n", postfix=False)
+    tok = known_token(stub, ALICE, "forge")
+    stub.per_token[tok] = ("claims", claims)
+    mark = s.log_mark()
+    assert not s.imap_login(ALICE, tok).ok
+    s.wait_log(mark, "authentication failed")
+    with open(s.log_path, "rb") as f:
+        f.seek(mark)
+        raw = f.read()
+    assert b"\x1b" not in raw and b"\x00" not in raw, raw[-2000:]
+    lines = raw.decode().splitlines()
+    refusal = [line for line in lines if "authentication failed" in line]
+    shown = refusal[0].lower() if refusal else ""  # the username is compared (and shown) lower-cased
+    assert reason.lower() in shown and "\\u{1b}[2j\\u{0}tail" in shown, lines
+    # The hostile value stayed inside the refusal line: no line of its own.
+    assert all(FORGED not in line or "authentication failed" in line for line in lines), lines
 
 
 def test_login_name_in_another_case_is_the_same_user_as_in_dovecot(hostile, stub):
