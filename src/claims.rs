@@ -3,6 +3,7 @@
 
 use crate::config::Settings;
 use crate::errors::Rejection;
+use crate::escape::capped;
 use serde_json::{Map, Value};
 
 pub type Claims = Map<String, Value>;
@@ -101,7 +102,7 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
     if !settings.issuers.is_empty() {
         if let Some(iss) = claim_text(claims, "iss") {
             if !settings.issuers.contains(&iss) {
-                return Err(Rejection::WrongIssuer(iss));
+                return Err(Rejection::WrongIssuer(capped(&iss)));
             }
         }
     }
@@ -136,7 +137,7 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
     let username = settings.username_format.apply(token_user);
     let login = settings.username_format.apply(login_user);
     if username != login {
-        return Err(Rejection::WrongUser { token_user: username, login_user: login });
+        return Err(Rejection::WrongUser { token_user: capped(&username), login_user: capped(&login) });
     }
     if let Some(attr) = &settings.active_attribute {
         let value = claim_text(claims, attr);
@@ -146,7 +147,10 @@ pub fn check(settings: &Settings, claims: &Claims, login_user: &str, now: u64) -
             (Some(v), Some(want)) => v == want,
         };
         if !ok {
-            return Err(Rejection::AccountDisabled { attribute: attr.clone(), value: value.unwrap_or_default() });
+            return Err(Rejection::AccountDisabled {
+                attribute: attr.clone(),
+                value: capped(&value.unwrap_or_default()),
+            });
         }
     }
     let fields = settings

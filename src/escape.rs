@@ -21,6 +21,16 @@ pub fn shown_reason(s: &str) -> String {
     shown_max(s, MAX_REASON_CHARS)
 }
 
+/// `s` cut to [`MAX_SHOWN_CHARS`] characters (with `...`), not escaped: for outside values kept in an
+/// error (and so in the negative cache) whose Display escapes them, so neither memory nor the log
+/// grows with what a provider or a token sends.
+pub fn capped(s: &str) -> String {
+    match s.char_indices().nth(MAX_SHOWN_CHARS) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}...", &s[..i]),
+    }
+}
+
 /// [`shown`] with another cap.
 pub fn shown_max(s: &str, max_chars: usize) -> String {
     let mut out = Shown { text: String::with_capacity(s.len().min(max_chars * 2)), left: max_chars, cut: false };
@@ -123,6 +133,13 @@ mod tests {
         let s = shown_reason(&"x".repeat(10_000));
         assert_eq!(s.len(), MAX_REASON_CHARS + 3);
         assert_eq!(shown_reason("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn capped_cuts_without_escaping() {
+        assert_eq!(capped("a\nb"), "a\nb");
+        let c = capped(&"é".repeat(1000));
+        assert_eq!(c.chars().count(), MAX_SHOWN_CHARS + 3);
     }
 
     #[test]

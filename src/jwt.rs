@@ -11,7 +11,7 @@
 use crate::claims::{self, Claims, Identity};
 use crate::config::Settings;
 use crate::errors::{AuthError, ConfigError, Rejection, Unavailable};
-use crate::escape::shown;
+use crate::escape::capped;
 use crate::http::Http;
 use crate::jwks::{KeyStore, NoKey};
 use base64::Engine as _;
@@ -75,11 +75,11 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     }
     // HS*: the "secret" would be the provider's public key, which anyone can read (alg confusion).
     if alg.to_ascii_uppercase().starts_with("HS") {
-        return Err(Rejection::HmacAlgorithm(shown(alg)));
+        return Err(Rejection::HmacAlgorithm(capped(alg)));
     }
-    let parsed: Algorithm = alg.parse().map_err(|_| Rejection::UnsupportedAlgorithm(shown(alg)))?;
+    let parsed: Algorithm = alg.parse().map_err(|_| Rejection::UnsupportedAlgorithm(capped(alg)))?;
     if parsed.family() == AlgorithmFamily::Hmac {
-        return Err(Rejection::HmacAlgorithm(shown(alg)));
+        return Err(Rejection::HmacAlgorithm(capped(alg)));
     }
     // RFC 8725 3.10: a key, or where to fetch one, named by the token would let its sender pick the
     // key that verifies it. Refused rather than ignored, so such a token is never mistaken for good.
@@ -91,19 +91,19 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
         Some(Value::String(t))
             if ["jwt", "at+jwt", "application/jwt", "application/at+jwt"]
                 .contains(&t.to_ascii_lowercase().as_str()) => {}
-        Some(Value::String(t)) => return Err(Rejection::WrongType(shown(t))),
-        Some(other) => return Err(Rejection::WrongType(shown(&other.to_string()))),
+        Some(Value::String(t)) => return Err(Rejection::WrongType(capped(t))),
+        Some(other) => return Err(Rejection::WrongType(capped(&other.to_string()))),
     }
     // RFC 7515 4.1.11: extensions marked critical must be understood; this module implements none.
     if let Some(crit) = h.get("crit") {
-        return Err(Rejection::CriticalHeader(shown(&crit.to_string())));
+        return Err(Rejection::CriticalHeader(capped(&crit.to_string())));
     }
     Ok(parsed)
 }
 
 /// What a login is told when the key store has no key for its token.
 fn no_key(s: &Settings, iss: &str, kid: Option<&str>, e: NoKey) -> AuthError {
-    let kid = shown(kid.unwrap_or("(none named)"));
+    let kid = capped(kid.unwrap_or("(none named)"));
     match e {
         // An issuer the admin listed, that no source serves: their settings, not the user's token.
         NoKey::UnboundIssuer if s.issuers.iter().any(|i| i == iss) => Unavailable::Settings(ConfigError::Incomplete {
@@ -111,13 +111,13 @@ fn no_key(s: &Settings, iss: &str, kid: Option<&str>, e: NoKey) -> AuthError {
             reason: format!(
                 "token issuer '{}' is in issuers, but no key source is bound to it: no openid_configuration_url \
                  announces it and no jwks_url names it (jwks_url = KEYS_URL=ISSUER)",
-                shown(iss)
+                capped(iss)
             ),
         })
         .into(),
-        NoKey::UnboundIssuer => Rejection::WrongIssuer(shown(iss)).into(),
+        NoKey::UnboundIssuer => Rejection::WrongIssuer(capped(iss)).into(),
         NoKey::Unusable(why) => {
-            Rejection::Invalid(format!("signing key '{kid}' is not usable: {}", shown(&why))).into()
+            Rejection::Invalid(format!("signing key '{kid}' is not usable: {}", capped(&why))).into()
         }
         NoKey::UnknownKid => Rejection::UnknownKey(kid).into(),
         NoKey::Unavailable(u) => u.into(),
@@ -145,13 +145,13 @@ pub async fn validate(
     };
     // Pinned issuers refuse a stranger's token before any key is fetched.
     if !s.issuers.is_empty() && !s.issuers.contains(iss) {
-        return Err(Rejection::WrongIssuer(shown(iss)).into());
+        return Err(Rejection::WrongIssuer(capped(iss)).into());
     }
     let candidates = keys.keys_for(http, iss, kid).await.map_err(|e| no_key(s, iss, kid, e))?;
     let usable: Vec<_> = candidates.iter().filter(|k| k.allows(alg)).collect();
     if usable.is_empty() {
         return Err(Rejection::KeyAlgorithmMismatch {
-            kid: shown(kid.unwrap_or("(any)")),
+            kid: capped(kid.unwrap_or("(any)")),
             key_type: candidates[0].key_type.to_string(),
             alg: format!("{alg:?}"),
         }
