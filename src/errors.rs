@@ -75,6 +75,9 @@ pub enum Rejection {
     IssuedInFuture(u64),
     #[error("opaque token and no introspection_url for non-JWT tokens")]
     Opaque,
+    // Passwords (PLAIN/LOGIN, issue 12).
+    #[error("provider refused the password ({0})")]
+    PasswordRefused(String),
 }
 
 impl Rejection {
@@ -105,6 +108,7 @@ impl Rejection {
             Rejection::MissingClaim(_) => "missing_claim",
             Rejection::IssuedInFuture(_) => "issued_in_future",
             Rejection::Opaque => "opaque",
+            Rejection::PasswordRefused(_) => "password_refused",
         }
     }
 }
@@ -128,6 +132,17 @@ pub enum Unavailable {
     Settings(#[from] ConfigError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The token endpoint refused *our* request (client credentials, grant not enabled for the
+    /// client, scope): an admin problem, never the user's.
+    #[error("provider refused the password grant request at {url} ({error}): {hint}")]
+    GrantRefused { url: String, error: String, hint: &'static str },
+    #[error(
+        "more than {limit} password checks for this user at the provider in the last minute \
+             (password_max_requests_per_minute); not asked"
+    )]
+    PasswordRateLimited { limit: u32 },
+    #[error("{0}")]
+    PasswordsOff(&'static str),
 }
 
 /// What Dovecot is told. Mapped to `dovecot.auth.PASSDB_RESULT_*` by the Lua binding and nowhere else.
