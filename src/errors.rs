@@ -137,8 +137,8 @@ pub enum Unavailable {
     #[error("provider refused the password grant request at {url} ({error}): {hint}")]
     GrantRefused { url: String, error: String, hint: &'static str },
     #[error(
-        "more than {limit} password checks for this user at the provider in the last minute \
-             (password_max_requests_per_minute); not asked"
+        "the provider was asked about {limit} passwords of this user in the last minute \
+         (password_max_requests_per_minute = {limit}); not asked again yet"
     )]
     PasswordRateLimited { limit: u32 },
     #[error("{0}")]

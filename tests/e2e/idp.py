@@ -419,6 +419,10 @@ class IdP:
             raise IdPError("POST /__app_passwords", r.status, r.text)
         return r.json()["password"]
 
+    def password_grant_tokens(self) -> list[str]:
+        """The access tokens the password grant issued (the last 1000)."""
+        return self._get_json(f"{self.issuer}/__password_grant_tokens")
+
     def revoke_app_password(self, password: str) -> None:
         r = self._request("POST", f"{self.issuer}/__app_passwords/revoke", data={"password": password})
         if r.status != 200:

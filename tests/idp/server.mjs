@@ -31,6 +31,8 @@
 //   POST /__stats/reset  zero the counters
 //   POST /__app_passwords         form username=<user>: a new app password, JSON {"password": ...}
 //   POST /__app_passwords/revoke  form password=<app password>: revoked (later grants refuse it)
+//   GET  /__password_grant_tokens JSON list of the access tokens password grants issued (the last
+//                        1000), so the test suite can check that none of them reached a log
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
@@ -108,8 +110,10 @@ const BY_SUB = new Map(Object.entries(USERS).map(([username, u]) => [u.sub, { us
 const APP_PASSWORDS = new Map();
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest();
 
+// By username or by email (emails compared case-insensitively, as providers do).
 function findUser(login) {
-  return Object.entries(USERS).find(([username, u]) => username === login || u.email === login);
+  const lower = login.toLowerCase();
+  return Object.entries(USERS).find(([username, u]) => username === login || u.email.toLowerCase() === lower);
 }
 
 // The account a password grant's username + password prove, or undefined. The user's own password is
@@ -256,6 +260,7 @@ const provider = new Provider(ISSUER, configuration);
 // ---------------------------------------------------------------- password grant
 
 const PASSWORD_GRANT_SCOPES = new Set(['openid', 'email', 'profile', 'mail']);
+const PASSWORD_GRANT_TOKENS = [];
 
 async function passwordGrant(ctx) {
   const { username, password, scope } = ctx.oidc.params;
@@ -279,6 +284,8 @@ async function passwordGrant(ctx) {
     scope: scopes.join(' '),
   });
   const value = await token.save();
+  PASSWORD_GRANT_TOKENS.push(value);
+  if (PASSWORD_GRANT_TOKENS.length > 1000) PASSWORD_GRANT_TOKENS.shift();
   ctx.body = {
     access_token: value,
     token_type: 'Bearer',
@@ -430,6 +437,9 @@ const server = http.createServer(async (req, res) => {
     if (pathname === '/__stats/reset' && req.method === 'POST') {
       stats = Object.create(null);
       return sendJson(res, 200, {});
+    }
+    if (pathname === '/__password_grant_tokens' && req.method === 'GET') {
+      return sendJson(res, 200, PASSWORD_GRANT_TOKENS);
     }
     if (pathname === '/__app_passwords' && req.method === 'POST') {
       const form = await readForm(req);
