@@ -500,6 +500,26 @@ mod tests {
         });
     }
 
+    proptest::proptest! {
+        /// Whatever a token endpoint answers, the answer is a grant, a refusal or a temporary failure,
+        /// never a panic, and only 200 with an access token grants anything.
+        #[test]
+        fn any_token_endpoint_reply_is_classified_without_panic(
+            status in 100u16..600,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            code in proptest::prop_oneof!["invalid_grant", "invalid_client", "unauthorized_client", ".{0,12}"],
+        ) {
+            let mut reply = Reply { status, body: body.clone(), elapsed: Duration::ZERO, cache_control: None };
+            let granted = classify(&mut reply, "https://idp/token", b"pw").is_ok();
+            proptest::prop_assert!(!granted || status == 200);
+            proptest::prop_assert!(reply.body.is_empty(), "the reply is wiped");
+            let json = format!(r#"{{"error":"{}","access_token":"t"}}"#, code.replace(['"', '\\'], ""));
+            let mut reply = Reply { status, body: json.into_bytes(), elapsed: Duration::ZERO, cache_control: None };
+            let r = classify(&mut reply, "https://idp/token", b"pw");
+            proptest::prop_assert_eq!(r.is_ok(), status == 200);
+        }
+    }
+
     #[test]
     fn a_traced_grant_notes_the_request_but_never_the_password_or_token() {
         rt().block_on(async {
