@@ -81,27 +81,9 @@ fn main() -> ExitCode {
         }
     };
 
-    println!("settings: {}", path.display());
-    let settings = match Settings::load(&path) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("verdict: TEMPORARY FAILURE: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    for w in &settings.warnings {
-        println!("warning: {w}");
-    }
-    describe_settings(&settings);
+    let Some(engine) = load_engine(&path) else { return ExitCode::from(2) };
     println!("user: {user}");
     println!("token: {} bytes, {}", token.len(), fingerprint(&token));
-    let engine = match Engine::new(settings) {
-        Ok(e) => e,
-        Err(e) => {
-            println!("verdict: TEMPORARY FAILURE: {e}");
-            return ExitCode::from(2);
-        }
-    };
     println!("cache: empty (this is a new process; each Dovecot auth-worker keeps its own cache)");
     let (outcome, steps) = engine.explain(&user, &token);
     for step in steps {
@@ -110,23 +92,7 @@ fn main() -> ExitCode {
     for w in &outcome.warnings {
         println!("warning: {w}");
     }
-    match &outcome.verdict {
-        Verdict::Accept(fields) => {
-            println!("verdict: ACCEPTED in {} ms", outcome.elapsed.as_millis());
-            for (k, v) in fields {
-                println!("passdb field: {k}={v}");
-            }
-            ExitCode::SUCCESS
-        }
-        Verdict::Reject(r) => {
-            println!("verdict: AUTHENTICATION FAILED: {r}");
-            ExitCode::from(1)
-        }
-        Verdict::TempFail(u) => {
-            println!("verdict: TEMPORARY FAILURE: {u}");
-            ExitCode::from(2)
-        }
-    }
+    verdict(&outcome.verdict, outcome.elapsed.as_millis())
 }
 
 /// `--password`: one password from standard input, checked as a PLAIN/LOGIN login would be.
