@@ -237,6 +237,20 @@ def test_provider_down_is_a_temporary_failure(workroot, module_dir, live_idp, is
         assert s.imap_login_command(POSTMASTER, "postmaster-mailpw").ok
 
 
+def test_our_client_refused_by_the_provider_is_a_temporary_failure_telling_the_admin(workroot, module_dir, live_idp,
+                                                                                      issued_tokens_are_checked):
+    settings = grant_settings(live_idp).replace("client_secret = dovecot-grant-secret", "client_secret = not-it")
+    with running_stack(workroot, module_dir, settings, prefix="pw-badclient", users=USERS, passdb_conf=CHAIN,
+                       postfix=False) as s:
+        mark = s.log_mark()
+        r = s.imap_login_command(ALICE, sent(live_idp.new_app_password("alice")))
+        assert r.tempfail, r.text
+        log = s.wait_log(mark, "temporary failure")
+        assert f"provider refused the password grant request at {live_idp.token_url} (invalid_client): " \
+               "check client_id, client_secret and grant_client_auth" in log, log
+        assert "Password mismatch" not in log, log
+
+
 def test_a_burst_of_wrong_guesses_for_one_user_is_bounded(workroot, module_dir, live_idp, issued_tokens_are_checked):
     limit = 3
     settings = grant_settings(live_idp, f"password_max_requests_per_minute = {limit}\n")
