@@ -15,7 +15,12 @@
 #      refusing keys the module does not know,
 #   4. replaces the passdb in /etc/dovecot/conf.d/auth-oauth2.conf.ext by the Lua passdb, keeping
 #      DMS's originals as *.dms-orig next to them,
-#   5. checks the result with `doveconf -n`.
+#   5. with OAUTH2_USE_GRANT_PASSWORD=yes (or OAUTH2_ACCEPT_TOKEN_AS_PASSWORD=yes): lets the Lua passdb
+#      check PLAIN/LOGIN passwords too, after DMS's passwd-file passdb (local accounts first), and
+#      makes that passdb quiet about its own mismatches (auth_verbose = no in auth-passwdfile.inc,
+#      auth_verbose_passwords = no in conf.d/99-dovecot-oauth2.conf) so that Fail2Ban counts one
+#      failure per refused login and none for an accepted app password,
+#   6. checks the result with `doveconf -n`.
 #
 # Dovecot 2.4 (DMS edge): Dovecot checks XOAUTH2/OAUTHBEARER tokens itself with its `oauth2 {}` settings
 # and no passdb sees them, so the daemon dovecot-oauth2d answers Dovecot's RFC 7662 requests instead:
@@ -58,6 +63,9 @@ DOVECOT_CONF="${DOVECOT_DIR}/dovecot.conf"
 LUA_SCRIPT="${DMS_ROOT}${RT_LUA_SCRIPT}"
 SETTINGS="${DOVECOT_DIR}/dovecot-oauth2.conf.ext"
 PASSDB_CONF="${DOVECOT_DIR}/conf.d/auth-oauth2.conf.ext"
+PASSWDFILE_CONF="${DOVECOT_DIR}/conf.d/auth-passwdfile.inc"
+# Read after conf.d/10-logging.conf (DMS's auth_verbose_passwords = sha1:6): only with passwords on.
+DROPIN_CONF="${DOVECOT_DIR}/conf.d/99-dovecot-oauth2.conf"
 LUA_PASSDB_MODULE="${DMS_ROOT}/usr/lib/dovecot/modules/auth/libauthdb_lua.so"
 ORIG_SUFFIX='.dms-orig'
 
@@ -86,7 +94,10 @@ KNOWN_KEYS='
   cache_ttl_secs cache_negative_ttl_secs cache_max_entries leeway_secs
   max_token_bytes max_response_bytes
   stale_if_error_secs circuit_breaker_failures circuit_breaker_backoff_secs stats_log_interval_secs
-  max_pipelined_requests rawlog_dir tls_cipher_suite send_auth_headers grant_url
+  grant_url grant_type grant_client_auth grant_scope grant_username_format
+  password_cache_ttl_secs password_cache_negative_ttl_secs password_max_requests_per_minute
+  accept_token_as_password
+  max_pipelined_requests rawlog_dir tls_cipher_suite send_auth_headers
   listen listen_client_id listen_client_secret metrics_listen
 '
 
@@ -102,7 +113,7 @@ trap cleanup EXIT
 # Put DMS's original files back (kept as *.dms-orig when the passdb was switched).
 restore_originals() {
   local f
-  for f in "${PASSDB_CONF}" "${SETTINGS}"; do
+  for f in "${PASSDB_CONF}" "${SETTINGS}" "${PASSWDFILE_CONF}"; do
     if [[ -f ${f}${ORIG_SUFFIX} ]]; then
       cp -p "${f}${ORIG_SUFFIX}" "${f}" && rm -f "${f}${ORIG_SUFFIX}"
     fi
@@ -110,6 +121,7 @@ restore_originals() {
   # Dovecot 2.4: DMS has no settings file of its own; the daemon's program goes with the switch.
   [[ -f ${SETTINGS} && ! -f ${SETTINGS}${ORIG_SUFFIX} ]] && grep -qF "${MARKER}" "${SETTINGS}" && rm -f "${SETTINGS}"
   rm -f "${SUPERVISOR_PROGRAM}"
+  rm -f "${DROPIN_CONF}"
   local out
   if out=$(doveconf -c "${DOVECOT_CONF}" -n 2>&1 >/dev/null); then
     log "restored docker-mailserver's original ${PASSDB_CONF#"${DMS_ROOT}"} and ${SETTINGS#"${DMS_ROOT}"} (doveconf: ok)"
@@ -227,18 +239,62 @@ check_settings() {
   return "${problems}"
 }
 
+# passwords_on FILE: the settings switch PLAIN/LOGIN passwords on (the last assignment counts).
+passwords_on() {
+  awk '
+    { line = $0; sub(/^[ \t]+/, "", line) }
+    line ~ /^(use_grant_password|accept_token_as_password)[ \t]*=/ {
+      key = line; sub(/[ \t]*=.*/, "", key)
+      value = line; sub(/^[^=]*=[ \t]*/, "", value); sub(/[ \t]*(#.*)?$/, "", value); gsub(/"/, "", value)
+      on[key] = (tolower(value) ~ /^(yes|y|true|1)$/)
+    }
+    END { exit !(on["use_grant_password"] || on["accept_token_as_password"]) }
+  ' "$1"
+}
+
+# quiet_passwdfile SRC DST: DMS's passwd-file passdb with `auth_verbose = no` (its mismatch is not a
+# failure yet: the Lua passdb after it decides and logs the one failure). Fails without such a passdb.
+quiet_passwdfile() {
+  awk -v marker="${MARKER}" '
+    /^[ \t]*passdb([ \t]+[^ \t{]+)?[ \t]*\{/ { inpass = 1 }
+    { print }
+    inpass && /^[ \t]*driver[ \t]*=[ \t]*passwd-file[ \t]*$/ && !done {
+      print "  auth_verbose = no  " marker " (the next passdb, dovecot-oauth2, logs the one failure)"
+      done = 1
+    }
+    inpass && /^[ \t]*}/ { inpass = 0 }
+    END { exit !done }
+  ' "$1" > "$2"
+}
+
+dropin_conf_text() {
+  cat << EOF
+${MARKER}: PLAIN/LOGIN passwords go to the passwd-file passdb, then to dovecot-oauth2.
+# With any other value Dovecot logs the passwd-file passdb's mismatch despite its auth_verbose = no,
+# and Fail2Ban would count an accepted IdP app password as a failed login.
+auth_verbose_passwords = no
+EOF
+}
+
 passdb_conf_text() {
+  local mechanisms=$1 what
+  if [[ ${mechanisms} == *plain* ]]; then
+    what='Bearer tokens (XOAUTH2, OAUTHBEARER) and, after the passwd-file passdb, PLAIN/LOGIN passwords
+# (IdP app passwords, use_grant_password)'
+  else
+    what='Bearer tokens (XOAUTH2, OAUTHBEARER only: a token never reaches the passwd-file passdb, so a token
+# login never logs "Password mismatch")'
+  fi
   cat << EOF
 ${MARKER}; DMS's original: auth-oauth2.conf.ext${ORIG_SUFFIX}
 # Allow clients to use these additional mechanisms:
 auth_mechanisms = \$auth_mechanisms oauthbearer xoauth2
 
-# Bearer tokens (XOAUTH2, OAUTHBEARER only: a token never reaches the passwd-file passdb, so a token
-# login never logs "Password mismatch") are checked by the dovecot-oauth2 module, configured by
-# /etc/dovecot/dovecot-oauth2.conf.ext. cache_key gives each token its own auth-cache entry.
+# ${what} are checked by the dovecot-oauth2 module, configured by
+# /etc/dovecot/dovecot-oauth2.conf.ext. cache_key gives each credential its own auth-cache entry.
 passdb {
   driver = lua
-  mechanisms = xoauth2 oauthbearer
+  mechanisms = ${mechanisms}
   args = file=${RT_LUA_SCRIPT} blocking=yes cache_key=%u%{sha256:password}
 }
 EOF
@@ -330,7 +386,18 @@ main_23() {
   [[ -z $(tail -c1 "${STAGE}/settings") ]] || echo >> "${STAGE}/settings"
   apply_oauth2_variables "${STAGE}/settings"
   stage_check_settings "${STAGE}/settings"
-  passdb_conf_text > "${STAGE}/passdb" || give_up "cannot write the staged passdb configuration"
+  local mechanisms='xoauth2 oauthbearer' passwords=0
+  local orig_passwdfile="${PASSWDFILE_CONF}"
+  [[ -f ${PASSWDFILE_CONF}${ORIG_SUFFIX} ]] && orig_passwdfile="${PASSWDFILE_CONF}${ORIG_SUFFIX}"
+  if passwords_on "${STAGE}/settings"; then
+    passwords=1
+    mechanisms='plain login xoauth2 oauthbearer'
+    [[ -f ${orig_passwdfile} ]] || give_up "${PASSWDFILE_CONF#"${DMS_ROOT}"} is missing: passwords need DMS's passwd-file passdb first"
+    quiet_passwdfile "${orig_passwdfile}" "${STAGE}/passwdfile" \
+      || give_up "${PASSWDFILE_CONF#"${DMS_ROOT}"} has no 'driver = passwd-file' passdb: cannot put the local accounts first"
+    dropin_conf_text > "${STAGE}/dropin" || give_up "cannot write the staged logging configuration"
+  fi
+  passdb_conf_text "${mechanisms}" > "${STAGE}/passdb" || give_up "cannot write the staged passdb configuration"
 
   # --- install
   if [[ ${module_src} != "${MODULE}" ]]; then
@@ -346,6 +413,20 @@ main_23() {
   getent group dovecot > /dev/null 2>&1 && group=dovecot
   install_file "${STAGE}/settings" "${SETTINGS}" 0640 "${group}" || give_up "cannot write ${SETTINGS#"${DMS_ROOT}"}"
   install_file "${STAGE}/passdb" "${PASSDB_CONF}" 0644 || give_up "cannot write ${PASSDB_CONF#"${DMS_ROOT}"}"
+  if ((passwords)); then
+    if [[ ${orig_passwdfile} == "${PASSWDFILE_CONF}" ]]; then
+      cp -p "${PASSWDFILE_CONF}" "${PASSWDFILE_CONF}${ORIG_SUFFIX}" \
+        || give_up "cannot keep a copy of DMS's ${PASSWDFILE_CONF#"${DMS_ROOT}"}"
+    fi
+    install_file "${STAGE}/passwdfile" "${PASSWDFILE_CONF}" 0644 || give_up "cannot write ${PASSWDFILE_CONF#"${DMS_ROOT}"}"
+    install_file "${STAGE}/dropin" "${DROPIN_CONF}" 0644 || give_up "cannot write ${DROPIN_CONF#"${DMS_ROOT}"}"
+  else
+    # passwords off (again): DMS's passwd-file passdb as it was
+    if [[ -f ${PASSWDFILE_CONF}${ORIG_SUFFIX} ]]; then
+      cp -p "${PASSWDFILE_CONF}${ORIG_SUFFIX}" "${PASSWDFILE_CONF}" && rm -f "${PASSWDFILE_CONF}${ORIG_SUFFIX}"
+    fi
+    rm -f "${DROPIN_CONF}"
+  fi
 
   # --- check what Dovecot will run
   local out
@@ -355,6 +436,13 @@ main_23() {
     || give_up "the Lua passdb is not in Dovecot's configuration: is '!include auth-oauth2.conf.ext' enabled in conf.d/10-auth.conf (DMS does that for ENABLE_OAUTH2=1)?"
   ! grep -qE '^ *driver = oauth2$' <<< "${out}" \
     || give_up "Dovecot's configuration still has a 'driver = oauth2' passdb"
+  if ((passwords)); then
+    [[ $(doveconf -c "${DOVECOT_CONF}" -h auth_verbose_passwords 2> /dev/null) == no ]] \
+      || give_up "auth_verbose_passwords is not 'no' in Dovecot's configuration: does a file after ${DROPIN_CONF#"${DMS_ROOT}"} set it?"
+    grep -qE '^ *mechanisms = plain login xoauth2 oauthbearer$' <<< "${out}" \
+      || give_up "the Lua passdb does not take PLAIN/LOGIN passwords in Dovecot's configuration"
+    log "PLAIN/LOGIN passwords: the passwd-file passdb first (local accounts), then dovecot-oauth2 (use_grant_password / accept_token_as_password)"
+  fi
 
   log "switched the oauth2 passdb to dovecot-oauth2 (Lua passdb ${RT_LUA_SCRIPT}, module ${MODULE#"${DMS_ROOT}"} from ${module_src#"${DMS_ROOT}"}, settings ${SETTINGS#"${DMS_ROOT}"}); doveconf: ok"
   log "roll back: restore ${PASSDB_CONF#"${DMS_ROOT}"}${ORIG_SUFFIX} and ${SETTINGS#"${DMS_ROOT}"}${ORIG_SUFFIX}, or remove this script and recreate the container"

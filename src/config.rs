@@ -20,6 +20,35 @@ pub enum IntrospectionMode {
     Local,
 }
 
+/// What the password grant sends as `grant_type` (`grant_type`, default `password`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantType {
+    /// RFC 6749 section 4.3, the resource-owner password grant (Keycloak's "direct access grants",
+    /// Entra's ROPC; Authentik treats it as its app-password flow).
+    Password,
+    /// `client_credentials` with `username` and `password`: Authentik's documented app-password flow.
+    ClientCredentials,
+}
+
+impl GrantType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::Password => "password",
+            GrantType::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// How the password grant authenticates this client (`grant_client_auth`, default `post`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantClientAuth {
+    /// `client_id` and `client_secret` in the form body (RFC 6749 client_secret_post), as Dovecot's
+    /// own oauth2 passdb sends them.
+    Post,
+    /// HTTP Basic (client_secret_basic).
+    Basic,
+}
+
 /// Dovecot's `username_format` (default `%Lu`), applied to the login user and to the token's
 /// username before they are compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +270,31 @@ pub struct Settings {
     pub http_proxy: Option<String>,
     /// The daemon's listener (unused by the module).
     pub listen: Listen,
+    // PLAIN/LOGIN passwords (issue 12).
+    /// Dovecot's `grant_url`: the token endpoint for the password grant; default: the `token_endpoint`
+    /// of the first `openid_configuration_url`.
+    pub grant_url: Option<String>,
+    /// Dovecot's `use_grant_password` (default no): check PLAIN/LOGIN passwords at the token endpoint.
+    pub use_grant_password: bool,
+    pub grant_type: GrantType,
+    pub grant_client_auth: GrantClientAuth,
+    /// `grant_scope`: the `scope` requested by the grant; default: `scope` (as Dovecot sends it).
+    pub grant_scope: Option<Vec<String>>,
+    /// `grant_username_format` (default `%u`): the `username` sent, made from the login user.
+    pub grant_username_format: UsernameFormat,
+    /// `password_cache_ttl_secs` (default 300, 0 = off): how long an accepted password is reused without
+    /// asking the provider (never past the returned token's expiry). A revoked app password or a changed
+    /// IdP password keeps working at most this long.
+    pub password_cache_ttl: Duration,
+    /// `password_cache_negative_ttl_secs` (default 60): how long a refused password is refused again
+    /// without asking the provider.
+    pub password_cache_negative_ttl: Duration,
+    /// `password_max_requests_per_minute` (default 10, 0 = no bound): password checks sent to the
+    /// provider per login user and auth-worker process in any 60 s; more are a temporary failure.
+    pub password_max_requests_per_minute: u32,
+    /// `accept_token_as_password` (default no): a PLAIN/LOGIN password that is an access token is
+    /// checked like an XOAUTH2 token (with the grant on: only JWT-shaped passwords).
+    pub accept_token_as_password: bool,
     /// Notes for the admin (ignored Dovecot keys, loose permissions), logged once when loaded.
     pub warnings: Vec<String>,
 }
@@ -292,6 +346,16 @@ impl Default for Settings {
             max_response_bytes: 1024 * 1024,
             http_proxy: None,
             listen: Listen::default(),
+            grant_url: None,
+            use_grant_password: false,
+            grant_type: GrantType::Password,
+            grant_client_auth: GrantClientAuth::Post,
+            grant_scope: None,
+            grant_username_format: UsernameFormat::parse("%u").expect("default format"),
+            password_cache_ttl: Duration::from_secs(300),
+            password_cache_negative_ttl: Duration::from_secs(60),
+            password_max_requests_per_minute: 10,
+            accept_token_as_password: false,
             warnings: Vec::new(),
         }
     }
@@ -303,7 +367,6 @@ const IGNORED_DOVECOT_KEYS: &[(&str, &str)] = &[
     ("rawlog_dir", "raw HTTP logs are not written (they would contain tokens)"),
     ("tls_cipher_suite", "rustls uses its own secure cipher suites"),
     ("send_auth_headers", "X-Dovecot-Auth-* headers are not sent"),
-    ("grant_url", "password grant is not supported (token logins only)"),
 ];
 
 impl Settings {
@@ -394,11 +457,41 @@ impl Settings {
                 "tls_key_file" => s.tls_key_file = opt(&value).map(PathBuf::from),
                 "tls_allow_invalid_cert" => s.tls_allow_invalid_cert = parse_bool(&value).map_err(invalid)?,
                 "debug" => s.debug = parse_bool(&value).map_err(invalid)?,
-                "use_grant_password" => {
-                    if parse_bool(&value).map_err(invalid)? {
-                        return Err(invalid("password grant is not supported; this module validates tokens".into()));
+                "use_grant_password" => s.use_grant_password = parse_bool(&value).map_err(invalid)?,
+                "grant_url" => s.grant_url = opt(&value),
+                "grant_type" => {
+                    s.grant_type = match value.as_str() {
+                        "" | "password" => GrantType::Password,
+                        "client_credentials" => GrantType::ClientCredentials,
+                        other => return Err(invalid(format!("'{other}' is not one of password, client_credentials"))),
                     }
                 }
+                "grant_client_auth" => {
+                    s.grant_client_auth = match value.as_str() {
+                        "" | "post" => GrantClientAuth::Post,
+                        "basic" => GrantClientAuth::Basic,
+                        other => return Err(invalid(format!("'{other}' is not one of post, basic"))),
+                    }
+                }
+                "grant_scope" => s.grant_scope = opt(&value).map(|v| list(&v)),
+                "grant_username_format" => {
+                    let v = if value.is_empty() { "%u" } else { value.as_str() };
+                    s.grant_username_format = UsernameFormat::parse(v).map_err(invalid)?;
+                }
+                "password_cache_ttl_secs" => {
+                    s.password_cache_ttl = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
+                }
+                "password_cache_negative_ttl_secs" => {
+                    s.password_cache_negative_ttl = Duration::from_secs(parse_uint(&value).map_err(invalid)?)
+                }
+                "password_max_requests_per_minute" => {
+                    let n = parse_uint(&value).map_err(invalid)?;
+                    if n > 100_000 {
+                        return Err(invalid("must be at most 100000 (0 = no bound)".into()));
+                    }
+                    s.password_max_requests_per_minute = n as u32;
+                }
+                "accept_token_as_password" => s.accept_token_as_password = parse_bool(&value).map_err(invalid)?,
                 "local_validation_key_dict" => {
                     if !value.is_empty() {
                         return Err(invalid(
@@ -519,6 +612,15 @@ impl Settings {
                 }
             }
         }
+        if self.use_grant_password && !local && self.tokeninfo_url.is_none() && self.introspection_url.is_none() {
+            return Err(ConfigError::Incomplete {
+                path: self.path.clone(),
+                reason: "use_grant_password = yes: the token the password grant returns is checked like any \
+                         token: set introspection_url (userinfo or RFC 7662 endpoint), tokeninfo_url or \
+                         introspection_mode = local"
+                    .into(),
+            });
+        }
         if !local && self.tokeninfo_url.is_none() && self.introspection_url.is_none() {
             return Err(ConfigError::Incomplete {
                 path: self.path.clone(),
@@ -528,17 +630,19 @@ impl Settings {
         if self.active_value.is_some() && self.active_attribute.is_none() {
             return Err(invalid("active_value", "active_attribute must be set too"));
         }
-        for key in ["tokeninfo_url", "introspection_url", "openid_configuration_url", "jwks_url"] {
+        for key in ["tokeninfo_url", "introspection_url", "openid_configuration_url", "jwks_url", "grant_url"] {
             let urls: Vec<&String> = match key {
                 "tokeninfo_url" => self.tokeninfo_url.iter().collect(),
                 "introspection_url" => self.introspection_url.iter().collect(),
                 "openid_configuration_url" => self.openid_configuration_url.iter().collect(),
+                "grant_url" => self.grant_url.iter().collect(),
                 _ => self.jwks_url.iter().map(|j| &j.url).collect(),
             };
             for url in urls {
                 crate::http::check_url(url).map_err(|why| invalid(key, why))?;
             }
         }
+        self.check_password_grant(&invalid)?;
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err(invalid("tls_cert_file", "tls_cert_file and tls_key_file go together"));
         }
@@ -547,6 +651,38 @@ impl Settings {
             && self.client_id.is_none()
         {
             return Err(invalid("client_secret", "client_id must be set too"));
+        }
+        Ok(())
+    }
+
+    /// The password grant needs a token endpoint and a client to ask it as.
+    fn check_password_grant(&self, invalid: &dyn Fn(&str, &str) -> ConfigError) -> Result<(), ConfigError> {
+        if let Some(url) = &self.grant_url {
+            // Client credentials belong in client_id/client_secret, where grant_client_auth decides how
+            // they are sent; a URL's user:password@ would be sent as well, and logged by proxies.
+            if url.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@')) {
+                return Err(invalid("grant_url", "must not carry credentials: use client_id and client_secret"));
+            }
+        }
+        if !self.use_grant_password {
+            return Ok(());
+        }
+        if self.grant_url.is_none() && self.openid_configuration_url.is_empty() {
+            return Err(ConfigError::Incomplete {
+                path: self.path.clone(),
+                reason: "use_grant_password = yes needs grant_url (the provider's token endpoint) or \
+                         openid_configuration_url (whose token_endpoint is used)"
+                    .into(),
+            });
+        }
+        if self.client_id.is_none() {
+            return Err(invalid(
+                "use_grant_password",
+                "client_id must be set (the client the password grant is sent as)",
+            ));
+        }
+        if self.grant_client_auth == GrantClientAuth::Basic && self.client_secret.is_none() {
+            return Err(invalid("grant_client_auth", "basic needs client_secret"));
         }
         Ok(())
     }
@@ -945,6 +1081,68 @@ mod tests {
     fn local_mode_without_audience_warns() {
         let s = parse("introspection_mode = local\nopenid_configuration_url = https://idp/d\n").unwrap();
         assert!(s.warnings.iter().any(|w| w.contains("audience")), "{:?}", s.warnings);
+    }
+
+    const GRANT: &str = "introspection_url = https://idp/userinfo\nuse_grant_password = yes\nclient_id = dovecot\n";
+
+    #[test]
+    fn dovecots_password_grant_keys_are_accepted_with_their_meaning_and_our_defaults() {
+        let s = parse(&format!("{GRANT}grant_url = https://idp/token\nclient_secret = s\nscope = mail\n")).unwrap();
+        assert!(s.use_grant_password);
+        assert_eq!(s.grant_url.as_deref(), Some("https://idp/token"));
+        assert_eq!((s.grant_type, s.grant_client_auth), (GrantType::Password, GrantClientAuth::Post));
+        assert_eq!(s.grant_scope, None);
+        assert_eq!(s.grant_username_format.apply("Alice@X"), "Alice@X");
+        assert_eq!(s.password_cache_ttl, Duration::from_secs(300));
+        assert_eq!(s.password_cache_negative_ttl, Duration::from_secs(60));
+        assert_eq!(s.password_max_requests_per_minute, 10);
+        assert!(!s.accept_token_as_password);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn the_password_grant_needs_a_token_endpoint_from_grant_url_or_discovery() {
+        assert!(matches!(parse(GRANT), Err(ConfigError::Incomplete { .. })));
+        assert!(
+            parse(&format!("{GRANT}openid_configuration_url = https://idp/.well-known/openid-configuration\n")).is_ok()
+        );
+    }
+
+    #[test]
+    fn the_password_grant_needs_a_client_id_as_dovecot_does() {
+        let e = parse("introspection_url = https://idp/u\nuse_grant_password = yes\ngrant_url = https://idp/t\n")
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { ref key, .. } if key == "use_grant_password"), "{e}");
+    }
+
+    #[test]
+    fn the_password_grant_needs_a_way_to_check_the_returned_token() {
+        let e = parse("use_grant_password = yes\ngrant_url = https://idp/t\nclient_id = d\n").unwrap_err();
+        assert!(e.to_string().contains("the token the password grant returns is checked"), "{e}");
+    }
+
+    #[test]
+    fn grant_url_must_be_http_without_credentials() {
+        let e = parse(&format!("{GRANT}grant_url = https://id:secret@idp/token\n")).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { line: 4, ref key, .. } if key == "grant_url"), "{e}");
+        assert!(parse(&format!("{GRANT}grant_url = ldap://idp/token\n")).is_err());
+    }
+
+    #[test]
+    fn grant_type_client_auth_and_bounds_are_checked() {
+        let s = parse(&format!(
+            "{GRANT}grant_url = https://idp/t\nclient_secret = s\ngrant_type = client_credentials\n\
+             grant_client_auth = basic\ngrant_scope = openid email\npassword_max_requests_per_minute = 0\n"
+        ))
+        .unwrap();
+        assert_eq!((s.grant_type, s.grant_client_auth), (GrantType::ClientCredentials, GrantClientAuth::Basic));
+        assert_eq!(s.grant_scope, Some(vec!["openid".to_string(), "email".to_string()]));
+        assert_eq!(s.password_max_requests_per_minute, 0);
+        assert!(parse(&format!("{GRANT}grant_url = https://idp/t\ngrant_type = implicit\n")).is_err());
+        assert!(parse(&format!("{GRANT}grant_url = https://idp/t\ngrant_client_auth = basic\n")).is_err(), "no secret");
+        assert!(
+            parse(&format!("{GRANT}grant_url = https://idp/t\npassword_max_requests_per_minute = 100001\n")).is_err()
+        );
     }
 
     #[test]

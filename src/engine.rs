@@ -5,11 +5,13 @@
 use crate::config::Settings;
 use crate::errors::ConfigError;
 use crate::lookup::{Authenticator, FirstLook, Outcome};
+use crate::password::{PasswordCheck, PasswordOutcome};
 use std::path::Path;
 
 pub struct Engine {
     rt: tokio::runtime::Runtime,
     auth: Authenticator,
+    password: PasswordCheck,
 }
 
 impl Engine {
@@ -21,11 +23,12 @@ impl Engine {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
             ConfigError::Incomplete { path: settings.path.clone(), reason: format!("cannot start runtime: {e}") }
         })?;
+        let password = PasswordCheck::new(&settings, crate::clock::Clock::system())?;
         let auth = {
             let _guard = rt.enter();
             Authenticator::new(settings)?
         };
-        Ok(Engine { rt, auth })
+        Ok(Engine { rt, auth, password })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -43,6 +46,20 @@ impl Engine {
 
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth
+    }
+
+    /// Verifies one PLAIN/LOGIN password login (issue 12), blocking; a fresh cached verdict is answered
+    /// without entering the runtime.
+    pub fn verify_password(&self, user: &str, password: &[u8]) -> PasswordOutcome {
+        if let Some(cached) = self.password.cached(&self.auth, user, password) {
+            return cached;
+        }
+        self.rt.block_on(self.password.verify(&self.auth, user, password))
+    }
+
+    /// Verifies one password login and returns the steps taken (for the troubleshooting command).
+    pub fn explain_password(&self, user: &str, password: &[u8]) -> (PasswordOutcome, Vec<String>) {
+        self.rt.block_on(crate::trace::traced(self.password.verify(&self.auth, user, password)))
     }
 
     /// Verifies one login and returns the steps taken (for the troubleshooting command).

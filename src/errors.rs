@@ -99,6 +99,9 @@ pub enum Rejection {
     IssuedInFuture(u64),
     #[error("opaque token and no introspection_url for non-JWT tokens")]
     Opaque,
+    // Passwords (PLAIN/LOGIN, issue 12).
+    #[error("provider refused the password ({0})")]
+    PasswordRefused(String),
 }
 
 impl Rejection {
@@ -134,6 +137,7 @@ impl Rejection {
             Rejection::MalformedClaim(_) => "malformed_claim",
             Rejection::IssuedInFuture(_) => "issued_in_future",
             Rejection::Opaque => "opaque",
+            Rejection::PasswordRefused(_) => "password_refused",
         }
     }
 }
@@ -158,6 +162,17 @@ pub enum Unavailable {
     Settings(#[from] ConfigError),
     #[error("internal error: {}", shown_reason(.0))]
     Internal(String),
+    /// The token endpoint refused *our* request (client credentials, grant not enabled for the
+    /// client, scope): an admin problem, never the user's.
+    #[error("provider refused the password grant request at {url} ({error}): {hint}")]
+    GrantRefused { url: String, error: String, hint: &'static str },
+    #[error(
+        "the provider was asked about {limit} passwords of this user in the last minute \
+         (password_max_requests_per_minute = {limit}); not asked again yet"
+    )]
+    PasswordRateLimited { limit: u32 },
+    #[error("{0}")]
+    PasswordsOff(&'static str),
 }
 
 impl Unavailable {

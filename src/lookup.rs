@@ -138,6 +138,26 @@ impl Authenticator {
         &self.cache
     }
 
+    /// The process's one HTTP client (the password grant asks the provider with it too).
+    pub fn http(&self) -> &Http {
+        &self.http
+    }
+
+    /// Counts a login decided outside `verify` (the password path), in the same counters.
+    pub fn record_login(&self, verdict: &Verdict, source: Option<Source>) {
+        self.stats.login(verdict, source);
+    }
+
+    /// Checks a token this module obtained itself (the password grant's reply) exactly as an XOAUTH2
+    /// token is checked, identity included, but without the token cache: its caller caches the
+    /// verdict under its own key. The entry's lifetimes are the token path's; the caller sets its own.
+    pub async fn check_token(&self, login_user: &str, raw_token: &[u8]) -> Result<Entry, Unavailable> {
+        match Token::parse(raw_token, self.settings.max_token_bytes) {
+            Ok(token) => self.load(login_user, token, false).await,
+            Err(r) => Ok(Entry::new(Err(r), self.settings.cache_negative_ttl, Duration::ZERO, self.clock.now())),
+        }
+    }
+
     pub async fn verify(&self, login_user: &str, raw_token: &[u8]) -> Outcome {
         self.finish(self.pending(login_user, raw_token)).await
     }

@@ -144,11 +144,64 @@ impl Validator {
             }
         }
     }
+
+    /// A PLAIN/LOGIN password (issue 12). Answers in the shape both Dovecot 2.3 and 2.4 accept from
+    /// `auth_password_verify`: a table on success (2.4 refuses a string there), a string otherwise.
+    fn verify_password(&self, lua: &Lua, req: LuaValue, password: LuaString) -> LuaResult<(i64, LuaValue)> {
+        let codes = *self.codes.get_or_try_init(|| Codes::read(lua))?;
+        let user = req_get_string(&req, "user")?;
+        // Borrowed from Lua's string: the module keeps no copy beyond the provider request.
+        let password = password.as_bytes();
+        let outcome = match self.engine(&req) {
+            Ok(engine) => catch_unwind(AssertUnwindSafe(|| engine.verify_password(&user, &password)))
+                .map_err(|p| Unavailable::Internal(format!("panic: {}", panic_text(p)))),
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(u) => {
+                let msg = format!("dovecot-oauth2: temporary failure: {u}");
+                return Ok((codes.internal, LuaValue::String(lua.create_string(&msg)?)));
+            }
+        };
+        for w in &outcome.warnings {
+            req_log(&req, "log_warning", &format!("dovecot-oauth2: {w}"))?;
+        }
+        if let Some(line) = self.engine.get().and_then(|e| e.authenticator().stats_due_line()) {
+            req_log(&req, "log_info", &line)?;
+        }
+        let debug = self.engine.get().is_some_and(|e| e.settings().debug);
+        match &outcome.verdict {
+            Verdict::Accept(fields) => {
+                if debug {
+                    req_log(&req, "log_info", &outcome.accept_line(&user))?;
+                }
+                let t = lua.create_table_with_capacity(0, fields.len())?;
+                for (k, v) in fields {
+                    let v = if v.contains('%') { req_var_expand(&req, v)? } else { v.clone() };
+                    t.set(k.as_str(), v)?;
+                }
+                Ok((codes.ok, LuaValue::Table(t)))
+            }
+            Verdict::Reject(_) => {
+                req_log(&req, "log_info", &outcome.log_line().unwrap_or_default())?;
+                Ok((codes.mismatch, LuaValue::String(lua.create_string("invalid credentials")?)))
+            }
+            Verdict::TempFail(_) => {
+                // Dovecot logs an INTERNAL_FAILURE's message itself ("passdb-lua: ..."): logged once.
+                let line = outcome.log_line().unwrap_or_default();
+                Ok((codes.internal, LuaValue::String(lua.create_string(&line)?)))
+            }
+        }
+    }
 }
 
 impl LuaUserData for Validator {
     fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("verify", |lua, this, (req, token): (LuaValue, LuaString)| this.verify(lua, req, token));
+        methods.add_method("verify_password", |lua, this, (req, password): (LuaValue, LuaString)| {
+            this.verify_password(lua, req, password)
+        });
         methods.add_method("settings_path", |_, this, ()| Ok(this.path.display().to_string()));
         // Counters of this process (nil before its first login): accepted, rejected, rejected_<kind>,
         // tempfail, cache_hits, cache_misses, stale_used, provider_requests, provider_failures,

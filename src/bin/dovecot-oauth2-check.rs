@@ -1,10 +1,12 @@
-//! Troubleshooting: checks one token for one user exactly as the Dovecot module would, and prints each
-//! step (mode, endpoint and HTTP status, the claims that decided, cache state) and the verdict.
-//! Never prints the token, and every string from outside (the user, settings values, claims, error
-//! messages) is shown escaped. Exit code: 0 accepted, 1 rejected, 2 temporary failure or bad settings.
+//! Troubleshooting: checks one token (or, with `--password`, one PLAIN/LOGIN password) for one user
+//! exactly as the Dovecot module would, and prints each step (mode, endpoint and HTTP status, the
+//! claims that decided, cache state) and the verdict. Never prints the token or the password; the
+//! password is only read from standard input; every string from outside (the user, settings values,
+//! claims, error messages) is shown escaped. Exit code: 0 accepted, 1 rejected, 2 temporary failure
+//! or bad settings.
 //! Needs no Lua, so it runs inside a docker-mailserver container as it is.
 
-use dovecot_oauth2::config::{IntrospectionMode, Settings};
+use dovecot_oauth2::config::{GrantClientAuth, IntrospectionMode, Settings};
 use dovecot_oauth2::escape::{shown, shown_reason};
 use dovecot_oauth2::http::redact_url;
 use dovecot_oauth2::token::fingerprint;
@@ -14,9 +16,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: dovecot-oauth2-check [-c SETTINGS_FILE] USER [TOKEN | -]
+       dovecot-oauth2-check [-c SETTINGS_FILE] --password USER [-]
 
 Checks TOKEN for USER as Dovecot's Lua passdb with dovecot_oauth2 would, printing each step.
 The token is read from standard input when it is '-' or not given (keeps it out of shell history).
+With --password, checks a PLAIN/LOGIN password (an IdP app password or password) for USER the same
+way: the password is read from standard input only, one line, never from the command line.
 SETTINGS_FILE defaults to $DOVECOT_OAUTH2_CONFIG, else /etc/dovecot/dovecot-oauth2.conf.ext.
 Exit code: 0 accepted, 1 authentication failed, 2 temporary failure or unusable settings.";
 
@@ -36,6 +41,23 @@ fn main() -> ExitCode {
         }
         path = PathBuf::from(args.remove(i + 1));
         args.remove(i);
+    }
+    let password_mode = match args.iter().position(|a| a == "--password") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
+    if password_mode {
+        return match args.as_slice() {
+            [user] => check_password(path, user),
+            [user, dash] if dash == "-" => check_password(path, user),
+            _ => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        };
     }
     let (user, token) = match args.as_slice() {
         [user] => (user.clone(), None),
@@ -61,27 +83,9 @@ fn main() -> ExitCode {
         }
     };
 
-    println!("settings: {}", shown_reason(&path.display().to_string()));
-    let settings = match Settings::load(&path) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("verdict: TEMPORARY FAILURE: {}", shown_reason(&e.to_string()));
-            return ExitCode::from(2);
-        }
-    };
-    for w in &settings.warnings {
-        println!("warning: {}", shown_reason(w));
-    }
-    describe_settings(&settings);
+    let Some(engine) = load_engine(&path) else { return ExitCode::from(2) };
     println!("user: {}", shown(&user));
     println!("token: {} bytes, {}", token.len(), fingerprint(&token));
-    let engine = match Engine::new(settings) {
-        Ok(e) => e,
-        Err(e) => {
-            println!("verdict: TEMPORARY FAILURE: {}", shown_reason(&e.to_string()));
-            return ExitCode::from(2);
-        }
-    };
     println!("cache: empty (this is a new process; each Dovecot auth-worker keeps its own cache)");
     let (outcome, steps) = engine.explain(&user, &token);
     // Steps and warnings are built with their outside values escaped already.
@@ -91,9 +95,63 @@ fn main() -> ExitCode {
     for w in &outcome.warnings {
         println!("warning: {w}");
     }
-    match &outcome.verdict {
+    verdict(&outcome.verdict, outcome.elapsed.as_millis())
+}
+
+/// `--password`: one password from standard input, checked as a PLAIN/LOGIN login would be.
+fn check_password(path: PathBuf, user: &str) -> ExitCode {
+    use std::io::BufRead;
+    let mut line = zeroize::Zeroizing::new(Vec::new());
+    if let Err(e) = std::io::stdin().lock().read_until(b'\n', &mut line) {
+        eprintln!("cannot read the password from standard input: {e}");
+        return ExitCode::from(2);
+    }
+    // Only the line ending goes: spaces may belong to a password.
+    while line.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+        line.pop();
+    }
+    let Some(engine) = load_engine(&path) else { return ExitCode::from(2) };
+    describe_password_settings(engine.settings());
+    println!("user: {}", dovecot_oauth2::escape::shown(user));
+    println!("password: {} bytes (not shown)", line.len());
+    println!("cache: empty (this is a new process; each Dovecot auth-worker keeps its own cache)");
+    let (outcome, steps) = engine.explain_password(user, &line);
+    for step in steps {
+        println!("step: {step}");
+    }
+    for w in &outcome.warnings {
+        println!("warning: {w}");
+    }
+    verdict(&outcome.verdict, outcome.elapsed.as_millis())
+}
+
+/// Settings read and the engine built, as a worker does on its first login; None (reported) if not.
+fn load_engine(path: &std::path::Path) -> Option<Engine> {
+    println!("settings: {}", shown_reason(&path.display().to_string()));
+    let settings = match Settings::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("verdict: TEMPORARY FAILURE: {}", shown_reason(&e.to_string()));
+            return None;
+        }
+    };
+    for w in &settings.warnings {
+        println!("warning: {}", shown_reason(w));
+    }
+    describe_settings(&settings);
+    match Engine::new(settings) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            println!("verdict: TEMPORARY FAILURE: {}", shown_reason(&e.to_string()));
+            None
+        }
+    }
+}
+
+fn verdict(v: &Verdict, msecs: u128) -> ExitCode {
+    match v {
         Verdict::Accept(fields) => {
-            println!("verdict: ACCEPTED in {} ms", outcome.elapsed.as_millis());
+            println!("verdict: ACCEPTED in {msecs} ms");
             for (k, v) in fields {
                 println!("passdb field: {}={}", shown(k), shown_reason(v));
             }
@@ -108,6 +166,36 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn describe_password_settings(s: &Settings) {
+    println!(
+        "passwords: use_grant_password = {}, accept_token_as_password = {}",
+        if s.use_grant_password { "yes" } else { "no" },
+        if s.accept_token_as_password { "yes" } else { "no" }
+    );
+    if !s.use_grant_password {
+        return;
+    }
+    match &s.grant_url {
+        Some(u) => println!("grant_url: {}", redact_url(u)),
+        None => println!("grant_url: (token_endpoint of the discovery document)"),
+    }
+    let auth = match s.grant_client_auth {
+        GrantClientAuth::Post => "post",
+        GrantClientAuth::Basic => "basic",
+    };
+    println!(
+        "grant: grant_type = {}, client_id = {}, grant_client_auth = {auth}",
+        s.grant_type.as_str(),
+        s.client_id.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "password cache: accepted {} s, refused {} s; at most {} provider requests per user per minute",
+        s.password_cache_ttl.as_secs(),
+        s.password_cache_negative_ttl.as_secs(),
+        s.password_max_requests_per_minute
+    );
 }
 
 fn describe_settings(s: &Settings) {

@@ -36,7 +36,9 @@ def crash_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if CRASH.search(line)]
 
 
-SECRETS = ["dovecot-secret", "mail-client-secret"]
+SECRETS = ["dovecot-secret", "mail-client-secret", "dovecot-grant-secret"]
+# Passwords the tests send (app passwords, IdP passwords, wrong guesses): none may reach a log either.
+PASSWORDS_SENT: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +67,9 @@ def _check_logs_hold_no_secrets(root: str) -> None:
         for s in SECRETS:
             if s in text:
                 leaks.append(f"{path}: secret {s[:3]}...")
+        for p in PASSWORDS_SENT:
+            if p in text:
+                leaks.append(f"{path}: password {p[:3]}...")
     assert not leaks, "tokens or secrets in logs:\n" + "\n".join(leaks)
 
 

@@ -102,6 +102,9 @@ def _basic(user: str, password: str) -> str:
 class IdP:
     introspection_client = ("dovecot", "dovecot-secret")
     client = (CLIENT_ID, CLIENT_SECRET)
+    # Clients allowed the password grant (server.mjs): client_secret_post and client_secret_basic.
+    grant_client = ("dovecot-grant", "dovecot-grant-secret")
+    grant_client_basic = ("dovecot-grant-basic", "dovecot-grant-secret")
 
     def __init__(
         self,
@@ -401,6 +404,30 @@ class IdP:
             raise IdPError("POST /token/introspection", r.status, r.text)
         return r.json()
 
+    # ------------------------------------------------------------ password grant, app passwords
+    def password_grant(self, username: str, password: str, scope: str = DEFAULT_SCOPE) -> _Response:
+        """POST /token grant_type=password as the dovecot-grant client (client_secret_post)."""
+        cid, secret = self.grant_client
+        return self._request("POST", self.token_url, data={
+            "grant_type": "password", "username": username, "password": password, "scope": scope,
+            "client_id": cid, "client_secret": secret})
+
+    def new_app_password(self, user: str) -> str:
+        """A new app password for ``user`` (a username or email the IdP knows)."""
+        r = self._request("POST", f"{self.issuer}/__app_passwords", data={"username": user})
+        if r.status != 200:
+            raise IdPError("POST /__app_passwords", r.status, r.text)
+        return r.json()["password"]
+
+    def password_grant_tokens(self) -> list[str]:
+        """The access tokens the password grant issued (the last 1000)."""
+        return self._get_json(f"{self.issuer}/__password_grant_tokens")
+
+    def revoke_app_password(self, password: str) -> None:
+        r = self._request("POST", f"{self.issuer}/__app_passwords/revoke", data={"password": password})
+        if r.status != 200:
+            raise IdPError("POST /__app_passwords/revoke", r.status, r.text)
+
     def revoke(self, token: str, client: tuple[str, str] | None = None) -> None:
         r = self._request("POST", self.revocation_url, data={"token": token},
                           headers={"Authorization": _basic(*(client or self.client))})
@@ -469,6 +496,20 @@ def _self_check() -> int:
             idp.revoke(at)
             assert idp.introspect(at)["active"] is False
             print("alice opaque token after revocation: active=false")
+
+            r = idp.password_grant("alice@example.test", "alice-pw")
+            assert r.status == 200, r.text
+            pt = r.json()["access_token"]
+            print(f"\npassword grant alice: keys={sorted(r.json())} userinfo={json.dumps(idp.userinfo(pt))}")
+            app = idp.new_app_password("bob")
+            assert idp.password_grant("bob@example.test", app).status == 200
+            assert idp.password_grant("alice@example.test", app).json()["error"] == "invalid_grant"
+            assert idp.password_grant("carol", "carol-pw").json()["error"] == "invalid_grant", "MFA user"
+            assert idp.password_grant("carol", idp.new_app_password("carol")).status == 200
+            idp.revoke_app_password(app)
+            r = idp.password_grant("bob@example.test", app)
+            print(f"revoked app password: HTTP {r.status} {r.text}")
+            assert r.status == 400 and r.json()["error"] == "invalid_grant"
 
             print("\nstats:", json.dumps(idp.stats()))
             idp.reset_stats()

@@ -208,7 +208,8 @@ class MailStack:
                  auth_verbose: bool = True,
                  passdb_args_extra: str = "",
                  dovecot_submission: bool = True,
-                 random_client_ip: bool = True):
+                 random_client_ip: bool = True,
+                 passdb_conf: str | None = None):
         if os.geteuid() != 0:
             raise RuntimeError("MailStack must run as root")
         self.workdir = os.path.abspath(workdir)
@@ -228,6 +229,9 @@ class MailStack:
         self.auth_verbose = auth_verbose
         self.passdb_args_extra = passdb_args_extra
         self.use_dovecot_submission = dovecot_submission
+        # Replaces the two default passdb blocks (Lua for tokens, then passwd-file for plain/login):
+        # the text may use {lua_args} (file=<script> blocking=yes ...) and {passwd_file}.
+        self.passdb_conf = passdb_conf
         # Dovecot's auth penalty (anvil, per remote IP, up to 15 s after repeated failures) is not
         # switched off by auth_failure_delay = 0 and Postfix never sends no-penalty: every client
         # connection therefore comes from its own random 127.x.y.z source address.
@@ -343,17 +347,7 @@ first_valid_gid = {MAIL_GID}
 mail_location = maildir:~/Maildir
 import_environment = {self._import_environment()}
 
-passdb {{
-  driver = lua
-  mechanisms = {self.passdb_mechanisms}
-  args = {lua_args}
-}}
-passdb {{
-  driver = passwd-file
-  mechanisms = plain login
-  args = scheme=PLAIN {self.passwd_file}
-}}
-userdb {{
+{self._passdb_conf(lua_args)}userdb {{
   driver = passwd-file
   args = {self.users_file}
 }}
@@ -386,6 +380,21 @@ service auth {{
         with open(self.conf_path, "w") as f:
             f.write(conf)
         os.makedirs(os.path.join(self.base_dir, "state"), exist_ok=True)
+
+    def _passdb_conf(self, lua_args: str) -> str:
+        if self.passdb_conf is not None:
+            return self.passdb_conf.format(lua_args=lua_args, passwd_file=self.passwd_file)
+        return f"""passdb {{
+  driver = lua
+  mechanisms = {self.passdb_mechanisms}
+  args = {lua_args}
+}}
+passdb {{
+  driver = passwd-file
+  mechanisms = plain login
+  args = scheme=PLAIN {self.passwd_file}
+}}
+"""
 
     def _dovecot_submission_conf(self) -> str:
         if not self.use_dovecot_submission:
@@ -717,6 +726,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             return xoauth2_string(user, token)
         if mech == "OAUTHBEARER":
             return oauthbearer_string(user, token, port)
+        if mech == "PLAIN":  # token is the password here
+            return "\0" + user + "\0" + token
         raise ValueError(mech)
 
     def imap_login(self, user: str, token: str, mech: str = "OAUTHBEARER") -> Result:
@@ -724,6 +735,32 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
     def imap_plain_login(self, user: str, password: str) -> Result:
         return self._imap_auth("PLAIN", "\0" + user + "\0" + password)
+
+    def imap_login_command(self, user: str, password: str) -> Result:
+        """IMAP's own LOGIN command (what most mail clients send for a password), then SELECT INBOX."""
+        try:
+            imap = _IMAP4(HOST, self.imap_port, CLIENT_TIMEOUT, self.source_ip())
+        except OSError as e:
+            return Result(False, False, f"connect failed: {e}")
+        try:
+            try:
+                typ, data = imap.login(user, password)
+            except imaplib.IMAP4.error as e:
+                return Result(False, _is_temp(str(e)), str(e), [str(e)])
+            text = f"{typ} " + b" ".join(d for d in data if d).decode(errors="replace")
+            styp, sdata = imap.select("INBOX")
+            if styp != "OK":
+                return Result(False, False, f"SELECT {styp} {sdata}", [text])
+            imap.logout()
+            return Result(True, False, text, [text])
+        except (OSError, imaplib.IMAP4.abort, imaplib.IMAP4.error, EOFError) as e:
+            text = f"connection error: {e!r}"
+            return Result(False, _is_temp(text), text, [text])
+        finally:
+            try:
+                imap.shutdown()
+            except Exception:
+                pass
 
     def _imap_auth(self, mech: str, sasl: str) -> Result:
         transcript: list[str] = []

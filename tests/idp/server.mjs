@@ -20,9 +20,19 @@
 //   urn:dovecot:opaque   opaque access token, aud "urn:dovecot" (introspectable,
 //                        not usable at userinfo because it has an audience)
 //
+// Password grant (RFC 6749 4.3), registered through oidc-provider's registerGrantType, for the client
+// "dovecot-grant" (client_secret_post) and "dovecot-grant-basic" (client_secret_basic): a user's
+// password or one of their app passwords gives an opaque access token (usable at userinfo,
+// introspectable). carol has MFA on: her password is refused by the grant, her app passwords are not.
+//
 // Test-only endpoints (not part of oidc-provider):
-//   GET  /__stats        JSON {path: count} of requests seen since start/reset
+//   GET  /__stats        JSON {path: count} of requests seen since start/reset (password grants are
+//                        also counted as "password_grant", refused ones as "password_grant_refused")
 //   POST /__stats/reset  zero the counters
+//   POST /__app_passwords         form username=<user>: a new app password, JSON {"password": ...}
+//   POST /__app_passwords/revoke  form password=<app password>: revoked (later grants refuse it)
+//   GET  /__password_grant_tokens JSON list of the access tokens password grants issued (the last
+//                        1000), so the test suite can check that none of them reached a log
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
@@ -91,10 +101,32 @@ const ID_TOKEN_ALG = env.IDP_ID_TOKEN_ALG || defaultAlgForJwk(jwks.keys[0]) || '
 const USERS = {
   alice: { sub: 'alice-sub-001', password: 'alice-pw', email: 'alice@example.test', name: 'Alice Example' },
   bob: { sub: 'bob-sub-002', password: 'bob-pw', email: 'bob@example.test', name: 'Bob Example' },
-  carol: { sub: 'carol-sub-003', password: 'carol-pw', email: 'carol@example.test', name: 'Carol Example' },
+  carol: { sub: 'carol-sub-003', password: 'carol-pw', email: 'carol@example.test', name: 'Carol Example', mfa: true },
   dave: { sub: 'dave-sub-004', password: 'dave-pw', email: 'DAVE@Example.TEST', name: 'Dave Example' },
 };
 const BY_SUB = new Map(Object.entries(USERS).map(([username, u]) => [u.sub, { username, ...u }]));
+
+// App passwords: sha256(password) -> { username, revoked }.
+const APP_PASSWORDS = new Map();
+const sha256 = (s) => crypto.createHash('sha256').update(s).digest();
+
+// By username or by email (emails compared case-insensitively, as providers do).
+function findUser(login) {
+  const lower = login.toLowerCase();
+  return Object.entries(USERS).find(([username, u]) => username === login || u.email.toLowerCase() === lower);
+}
+
+// The account a password grant's username + password prove, or undefined. The user's own password is
+// refused when the user has MFA (a grant cannot ask for a second factor); app passwords are not.
+function passwordAccount(login, password) {
+  const entry = findUser(login);
+  if (!entry) return undefined;
+  const [username, u] = entry;
+  const app = APP_PASSWORDS.get(sha256(password).toString('hex'));
+  if (app) return app.username === username && !app.revoked ? u : undefined;
+  const ok = crypto.timingSafeEqual(sha256(password), sha256(u.password));
+  return ok && !u.mfa ? u : undefined;
+}
 
 function accountClaims(u) {
   return {
@@ -141,6 +173,22 @@ const configuration = {
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/callback'],
+    },
+    {
+      client_id: 'dovecot-grant',
+      client_secret: 'dovecot-grant-secret',
+      token_endpoint_auth_method: 'client_secret_post',
+      grant_types: ['password'],
+      response_types: [],
+      redirect_uris: [],
+    },
+    {
+      client_id: 'dovecot-grant-basic',
+      client_secret: 'dovecot-grant-secret',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['password'],
+      response_types: [],
+      redirect_uris: [],
     },
     {
       client_id: 'dovecot',
@@ -208,6 +256,46 @@ const configuration = {
 };
 
 const provider = new Provider(ISSUER, configuration);
+
+// ---------------------------------------------------------------- password grant
+
+const PASSWORD_GRANT_SCOPES = new Set(['openid', 'email', 'profile', 'mail']);
+const PASSWORD_GRANT_TOKENS = [];
+
+async function passwordGrant(ctx) {
+  const { username, password, scope } = ctx.oidc.params;
+  if (!username || !password) throw new errors.InvalidRequest('username and password are required');
+  stats.password_grant = (stats.password_grant || 0) + 1;
+  const u = passwordAccount(username, password);
+  if (!u) {
+    stats.password_grant_refused = (stats.password_grant_refused || 0) + 1;
+    throw new errors.InvalidGrant('invalid username or password');
+  }
+  const scopes = (scope || 'openid email profile').split(' ').filter((s) => PASSWORD_GRANT_SCOPES.has(s));
+  const { client } = ctx.oidc;
+  const grant = new provider.Grant({ accountId: u.sub, clientId: client.clientId });
+  grant.addOIDCScope(scopes.join(' '));
+  const grantId = await grant.save();
+  const token = new provider.AccessToken({
+    accountId: u.sub,
+    client,
+    grantId,
+    gty: 'password',
+    scope: scopes.join(' '),
+  });
+  const value = await token.save();
+  PASSWORD_GRANT_TOKENS.push(value);
+  if (PASSWORD_GRANT_TOKENS.length > 1000) PASSWORD_GRANT_TOKENS.shift();
+  ctx.body = {
+    access_token: value,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}
+
+provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope']);
+
 const providerCallback = provider.callback();
 
 // ---------------------------------------------------------------- interactions
@@ -348,6 +436,24 @@ const server = http.createServer(async (req, res) => {
     }
     if (pathname === '/__stats/reset' && req.method === 'POST') {
       stats = Object.create(null);
+      return sendJson(res, 200, {});
+    }
+    if (pathname === '/__password_grant_tokens' && req.method === 'GET') {
+      return sendJson(res, 200, PASSWORD_GRANT_TOKENS);
+    }
+    if (pathname === '/__app_passwords' && req.method === 'POST') {
+      const form = await readForm(req);
+      const entry = findUser(form.get('username') || '');
+      if (!entry) return sendJson(res, 404, { error: 'no such user' });
+      const password = `app-${crypto.randomBytes(12).toString('base64url')}`;
+      APP_PASSWORDS.set(sha256(password).toString('hex'), { username: entry[0], revoked: false });
+      return sendJson(res, 200, { password });
+    }
+    if (pathname === '/__app_passwords/revoke' && req.method === 'POST') {
+      const form = await readForm(req);
+      const app = APP_PASSWORDS.get(sha256(form.get('password') || '').toString('hex'));
+      if (!app) return sendJson(res, 404, { error: 'no such app password' });
+      app.revoked = true;
       return sendJson(res, 200, {});
     }
     const key = statsKey(pathname);
