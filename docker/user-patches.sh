@@ -98,7 +98,7 @@ KNOWN_KEYS='
   password_cache_ttl_secs password_cache_negative_ttl_secs password_max_requests_per_minute
   accept_token_as_password
   max_pipelined_requests rawlog_dir tls_cipher_suite send_auth_headers
-  listen listen_client_id listen_client_secret metrics_listen
+  http_proxy listen listen_client_id listen_client_secret metrics_listen
 '
 
 MARKER='# dovecot-oauth2: written by user-patches.sh'
