@@ -23,6 +23,8 @@ pub enum Login<'a> {
 pub struct Introspection {
     /// The token's user after `username_attribute` and `username_format`.
     pub username: Box<str>,
+    /// The provider's `exp` (Unix seconds), when it reported one.
+    pub exp: Option<u64>,
     /// The provider's `scope` (or Entra ID's `scp`), space-separated.
     pub scope: Option<Box<str>>,
     /// The claims `pass_attrs` names (`%{oauth2:NAME}`, `%$`), as the provider sent them.
@@ -150,7 +152,7 @@ pub fn check_login(settings: &Settings, claims: &Claims, login: Login<'_>, now: 
         }
     }
     if login == Login::Token {
-        let introspection = introspection(settings, claims, username);
+        let introspection = introspection(settings, claims, username, expires_at);
         return Ok(Identity { expires_at, fields: Vec::new(), introspection: Some(Arc::new(introspection)) });
     }
     let fields = settings
@@ -163,7 +165,7 @@ pub fn check_login(settings: &Settings, claims: &Claims, login: Login<'_>, now: 
 
 /// The daemon's reply material: the formatted user, the scope, and the claims `pass_attrs` uses, so
 /// that the same `pass_attrs` line in Dovecot's own oauth2 settings finds them in the reply.
-fn introspection(settings: &Settings, claims: &Claims, username: String) -> Introspection {
+fn introspection(settings: &Settings, claims: &Claims, username: String, exp: Option<u64>) -> Introspection {
     let scope = claim_text(claims, "scope").or_else(|| claim_text(claims, "scp")).map(String::into_boxed_str);
     let mut passed: Vec<(Box<str>, Value)> = Vec::new();
     for name in pass_attrs_claims(settings) {
@@ -174,7 +176,7 @@ fn introspection(settings: &Settings, claims: &Claims, username: String) -> Intr
             passed.push((name.into(), v.clone()));
         }
     }
-    Introspection { username: username.into_boxed_str(), scope, claims: passed.into_boxed_slice() }
+    Introspection { username: username.into_boxed_str(), exp, scope, claims: passed.into_boxed_slice() }
 }
 
 /// The claim names `pass_attrs` templates read: `%{oauth2:NAME}` / `%{oauth2:NAME:default}`, and the
@@ -423,7 +425,7 @@ mod tests {
         let i = id.introspection.unwrap();
         assert_eq!(i.scope.as_deref(), Some("mail.read mail"));
         assert_eq!(&*i.claims, &[("quota".into(), json!("2G")), ("groups".into(), json!(["a", "b"]))]);
-        assert_eq!(id.expires_at, Some(NOW + 60));
+        assert_eq!((id.expires_at, i.exp), (Some(NOW + 60), Some(NOW + 60)));
     }
 
     #[test]
