@@ -149,6 +149,11 @@ impl Http {
         &self.client
     }
 
+    /// The circuit breakers, for a read-only view (the daemon's metrics).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
     /// Sends a request that carries no token (a discovery document, a key set) and reads at most
     /// `max_response_bytes` of its body, all within `timeout`. `shown_url` is what errors name: the
     /// configured URL, shown without credentials or query.

@@ -124,14 +124,14 @@ fn no_key(s: &Settings, iss: &str, kid: Option<&str>, e: NoKey) -> AuthError {
     }
 }
 
-/// Verifies a JWT for `login_user`. Key fetches happen here, lazily; keys only come from the
-/// configured sources (a token with `jku`, `x5u`, `jwk` or `x5c` in its header is refused).
+/// Verifies a JWT for a login (or for the token alone, [`claims::Login::Token`]). Key fetches happen
+/// here, lazily; keys only come from the configured sources (a token with `jku`, `x5u`, `jwk` or `x5c` in its header is refused).
 pub async fn validate(
     keys: &KeyStore,
     http: &Http,
     s: &Settings,
     jwt: &Jwt<'_>,
-    login_user: &str,
+    login: claims::Login<'_>,
     now: u64,
 ) -> Result<Identity, AuthError> {
     let alg = check_header(&jwt.header)?;
@@ -167,7 +167,7 @@ pub async fn validate(
     if claims::time_claim(&jwt.claims, "exp")?.is_none() {
         return Err(Rejection::MissingClaim("exp").into());
     }
-    Ok(claims::check(s, &jwt.claims, login_user, now)?)
+    Ok(claims::check_login(s, &jwt.claims, login, now)?)
 }
 
 #[cfg(test)]

@@ -209,7 +209,8 @@ class MailStack:
                  passdb_args_extra: str = "",
                  dovecot_submission: bool = True,
                  random_client_ip: bool = True,
-                 passdb_conf: str | None = None):
+                 passdb_conf: str | None = None,
+                 oauth2_passdb_file: str | None = None):
         if os.geteuid() != 0:
             raise RuntimeError("MailStack must run as root")
         self.workdir = os.path.abspath(workdir)
@@ -232,6 +233,9 @@ class MailStack:
         # Replaces the two default passdb blocks (Lua for tokens, then passwd-file for plain/login):
         # the text may use {lua_args} (file=<script> blocking=yes ...) and {passwd_file}.
         self.passdb_conf = passdb_conf
+        # Dovecot's own `passdb { driver = oauth2 }` with this settings file instead of the Lua passdb
+        # (for dovecot-oauth2d behind the built-in driver); lua_script is then unused.
+        self.oauth2_passdb_file = os.path.abspath(oauth2_passdb_file) if oauth2_passdb_file else None
         # Dovecot's auth penalty (anvil, per remote IP, up to 15 s after repeated failures) is not
         # switched off by auth_failure_delay = 0 and Postfix never sends no-penalty: every client
         # connection therefore comes from its own random 127.x.y.z source address.
@@ -384,10 +388,14 @@ service auth {{
     def _passdb_conf(self, lua_args: str) -> str:
         if self.passdb_conf is not None:
             return self.passdb_conf.format(lua_args=lua_args, passwd_file=self.passwd_file)
+        if self.oauth2_passdb_file:
+            driver, args = "oauth2", self.oauth2_passdb_file
+        else:
+            driver, args = "lua", lua_args
         return f"""passdb {{
-  driver = lua
+  driver = {driver}
   mechanisms = {self.passdb_mechanisms}
-  args = {lua_args}
+  args = {args}
 }}
 passdb {{
   driver = passwd-file
