@@ -169,6 +169,42 @@ check_module() {
   return 0
 }
 
+# check_daemon FILE: an ELF executable (position-independent or not) for this machine's architecture,
+# whose libraries (glibc version included) resolve; a static one has none to resolve.
+check_daemon() {
+  local bin=$1 hdr want
+  [[ -r ${bin} ]] || { echo "${bin} is not readable"; return 1; }
+  hdr=$(od -An -tx1 -N20 "${bin}" 2>/dev/null | tr -d ' \n')
+  [[ ${hdr:0:8} == 7f454c46 ]] || { echo "${bin} is not an ELF file"; return 1; }
+  [[ ${hdr:32:4} == 0200 || ${hdr:32:4} == 0300 ]] || { echo "${bin} is not an executable (ELF type ${hdr:32:4})"; return 1; }
+  case "$(uname -m)" in
+    x86_64) want=3e00 ;;
+    aarch64 | arm64) want=b700 ;;
+    armv7l | armv6l) want=2800 ;;
+    *) want='' ;;
+  esac
+  if [[ -n ${want} && ${hdr:36:4} != "${want}" ]]; then
+    echo "${bin} is built for another CPU architecture (ELF machine ${hdr:36:4}, this is $(uname -m))"
+    return 1
+  fi
+  if command -v ldd >/dev/null 2>&1; then
+    local out
+    out=$(ldd "${bin}" 2>&1 | grep -E 'not found') && {
+      echo "${bin} does not run here (build it on Debian 12 or 13): ${out//$'\n'/; }"
+      return 1
+    }
+  fi
+  return 0
+}
+
+# mask_secret SECRET: copies stdin to stdout with SECRET replaced (for messages that quote Dovecot's output).
+mask_secret() {
+  local secret=$1 text
+  text=$(cat)
+  [[ -n ${secret} ]] && text=${text//"${secret}"/<secret>}
+  printf '%s' "${text}"
+}
+
 # is_known_key KEY
 is_known_key() {
   [[ $1 =~ ^[a-z0-9_]+$ ]] && [[ " ${KNOWN_KEYS//$'\n'/ } " == *" $1 "* ]]
@@ -379,6 +415,9 @@ oauth2 {
   introspection_mode = post
   introspection_url = http://dovecot:${secret}@${listen}/introspect
   username_attribute = username
+  # 2.4.1 compares the reply's username with the login user case-sensitively; DMS lowercases the
+  # login (auth_username_format), so fold the reply too, as Dovecot 2.3 did on both sides.
+  username_validation_format = %{user | lower}
   active_attribute = active
   active_value = true
 }
@@ -394,8 +433,8 @@ stopwaitsecs=30
 autostart=false
 autorestart=true
 user=${DAEMON_USER}
+redirect_stderr=true
 stdout_logfile=/var/log/mail/%(program_name)s.log
-stderr_logfile=/var/log/mail/%(program_name)s.log
 command=${RT_DAEMON} -c ${RT_SETTINGS}
 EOF
 }
@@ -450,7 +489,7 @@ main_24() {
   else
     give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
   fi
-  why=$(check_module "${daemon_src}") || give_up "${why}"
+  why=$(check_daemon "${daemon_src}") || give_up "${why}"
 
   # --- DMS's original: the current file, or the copy an earlier run kept
   local orig_passdb="${PASSDB_CONF}"
@@ -500,11 +539,12 @@ main_24() {
   install_file "${STAGE}/passdb" "${PASSDB_CONF}" 0640 "${group}" \
     || give_up "cannot write ${PASSDB_CONF#"${DMS_ROOT}"}"
 
-  # --- check what Dovecot will run
+  # --- check what Dovecot will run. doveconf -n hides the URL's password (http://#hidden_use-P_to_show#@...):
+  # -P shows it; the output stays in this variable, and the secret is masked in what is printed.
   local out
-  out=$(doveconf -c "${DOVECOT_CONF}" -n 2> "${STAGE}/doveconf.err") \
-    || give_up "doveconf rejects the configuration: $(tr '\n' ' ' < "${STAGE}/doveconf.err")"
-  grep -qF "introspection_url = http://dovecot:${secret}@${listen}/introspect" <<< "${out}" \
+  out=$(doveconf -c "${DOVECOT_CONF}" -n -P 2> "${STAGE}/doveconf.err") \
+    || give_up "doveconf rejects the configuration: $(tr '\n' ' ' < "${STAGE}/doveconf.err" | mask_secret "${secret}")"
+  grep -qxF "  introspection_url = http://dovecot:${secret}@${listen}/introspect" <<< "${out}" \
     || give_up "the daemon's oauth2 block is not in Dovecot's configuration: is '!include auth-oauth2.conf.ext' enabled in conf.d/10-auth.conf (DMS does that for ENABLE_OAUTH2=1)?"
 
   # --- run the daemon under DMS's supervisord
