@@ -487,7 +487,7 @@ main_24() {
   elif [[ -f ${DAEMON} ]]; then
     daemon_src="${DAEMON}"
   else
-    give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
+    give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 12 or 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
   fi
   why=$(check_daemon "${daemon_src}") || give_up "${why}"
 
