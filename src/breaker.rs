@@ -31,6 +31,47 @@ pub struct Open {
     pub retry_in: Duration,
 }
 
+/// One provider host's breaker as metrics show it (read-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostView {
+    pub host: String,
+    /// Consecutive failures so far.
+    pub failures: u32,
+    pub state: BreakerState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests go through (failures below the threshold).
+    Closed,
+    /// Requests fail at once for `retry_in`.
+    Open { retry_in: Duration },
+    /// The back-off is over: the next request probes the host.
+    HalfOpen,
+}
+
+impl Breaker {
+    /// Every host with failures on record, sorted by name (a host that answered is not listed).
+    pub fn view(&self) -> Vec<HostView> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        let mut out: Vec<HostView> = hosts
+            .iter()
+            .map(|(host, st)| HostView {
+                host: host.clone(),
+                failures: st.failures,
+                state: match st.open_until {
+                    Some(until) if now < until => BreakerState::Open { retry_in: until - now },
+                    Some(_) => BreakerState::HalfOpen,
+                    None => BreakerState::Closed,
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out
+    }
+}
+
 impl Breaker {
     /// `threshold = 0` turns the breaker off.
     pub fn new(threshold: u32, backoff: Duration, clock: Clock) -> Breaker {
@@ -138,6 +179,24 @@ mod tests {
         b.failure("h");
         let open = b.admit("h").unwrap_err();
         assert_eq!(open.retry_in, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_view_shows_each_failing_host_as_closed_open_or_half_open() {
+        let clock = Clock::manual();
+        let b = Breaker::new(2, Duration::from_secs(10), clock.clone());
+        assert!(b.view().is_empty());
+        b.failure("b");
+        b.failure("a");
+        b.failure("a");
+        let v = b.view();
+        assert_eq!(v.iter().map(|h| (h.host.as_str(), h.failures)).collect::<Vec<_>>(), [("a", 2), ("b", 1)]);
+        assert_eq!(v[0].state, BreakerState::Open { retry_in: Duration::from_secs(10) });
+        assert_eq!(v[1].state, BreakerState::Closed);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(b.view()[0].state, BreakerState::HalfOpen);
+        b.success("a");
+        assert_eq!(b.view().len(), 1);
     }
 
     #[test]

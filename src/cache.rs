@@ -77,6 +77,18 @@ impl VerdictCache {
         h.finalize().into()
     }
 
+    /// The key of a token checked with no login user (the daemon's introspection). Domain-separated
+    /// from [`VerdictCache::key`]: its hash input starts with a user-name length no name can have
+    /// (2^64 - 1), so the two inputs never coincide and a verdict for the token alone is never served
+    /// to a (user, token) login, nor the other way round.
+    pub fn token_key(token: &[u8]) -> Key {
+        let mut h = Sha256::new();
+        h.update(u64::MAX.to_be_bytes());
+        h.update(b"token-only\0");
+        h.update(token);
+        h.finalize().into()
+    }
+
     /// The cached verdict for `key`, or the one `load` computes (shared by concurrent callers).
     /// A stale acceptance is checked again; if that fails for lack of an answer, the stale one is used
     /// and the reason returned with it.
@@ -146,7 +158,7 @@ mod tests {
         stale_ok(clock, ttl, 0)
     }
     fn stale_ok(clock: &Clock, ttl: u64, stale: u64) -> Entry {
-        let id = Identity { expires_at: None, fields: vec![] };
+        let id = Identity { expires_at: None, fields: vec![], introspection: None };
         Entry::new(Ok(id), Duration::from_millis(ttl), Duration::from_millis(stale), clock.now())
     }
 
@@ -167,6 +179,20 @@ mod tests {
         assert_ne!(k, VerdictCache::key("bob", b"tok"));
         assert_ne!(k, VerdictCache::key("alice", b"tok2"));
         assert_ne!(VerdictCache::key("ab", b"c"), VerdictCache::key("a", b"bc"));
+    }
+
+    #[test]
+    fn a_token_only_key_never_equals_a_user_and_token_key() {
+        let t = b"tok";
+        let k = VerdictCache::token_key(t);
+        assert_ne!(k, VerdictCache::token_key(b"tok2"));
+        for user in ["", "a", "token-only", "\u{0}"] {
+            assert_ne!(k, VerdictCache::key(user, t), "{user:?}");
+        }
+        // The bytes a user name would need to imitate the token-only prefix: not a possible length.
+        let mut forged = b"token-only\0".to_vec();
+        forged.extend_from_slice(t);
+        assert_ne!(k, VerdictCache::key("", &forged));
     }
 
     #[test]

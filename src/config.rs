@@ -139,8 +139,9 @@ impl Default for Listen {
     }
 }
 
-/// Everything the settings file can say, with defaults applied.
-#[derive(Debug, Clone)]
+/// Everything the settings file can say, with defaults applied. Comparable, so that the daemon's
+/// reload can tell whether anything but its listener keys changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub path: PathBuf,
     pub tokeninfo_url: Option<String>,

@@ -126,6 +126,11 @@ impl Http {
         &self.client
     }
 
+    /// The circuit breakers, for a read-only view (the daemon's metrics).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
     /// Sends a request and reads at most `max_response_bytes` of its body, all within `timeout`.
     /// `shown_url` is what errors name: the configured URL without credentials or query.
     pub async fn send(&self, req: reqwest::RequestBuilder, shown_url: &str) -> Result<Reply, Unavailable> {

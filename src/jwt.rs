@@ -98,14 +98,14 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, Rejection> {
     Ok(parsed)
 }
 
-/// Verifies a JWT for `login_user`. Key fetches happen here, lazily; a `jku`, `x5u` or embedded `jwk`
+/// Verifies a JWT for a login (or for the token alone, [`claims::Login::Token`]). Key fetches happen here, lazily; a `jku`, `x5u` or embedded `jwk`
 /// in the header is never used: keys only come from the configured sources.
 pub async fn validate(
     keys: &KeyStore,
     http: &Http,
     s: &Settings,
     jwt: &Jwt<'_>,
-    login_user: &str,
+    login: claims::Login<'_>,
     now: u64,
 ) -> Result<Identity, AuthError> {
     let alg = check_header(&jwt.header)?;
@@ -165,7 +165,7 @@ pub async fn validate(
     if !matches!(jwt.claims.get("exp"), Some(Value::Number(_))) {
         return Err(Rejection::MissingClaim("exp").into());
     }
-    Ok(claims::check(s, &jwt.claims, login_user, now)?)
+    Ok(claims::check_login(s, &jwt.claims, login, now)?)
 }
 
 #[cfg(test)]

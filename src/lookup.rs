@@ -1,8 +1,9 @@
 //! One login: token checks, cache, provider or local JWT validation, rules. Built once per process
 //! from [`Settings`]; `verify` is the per-request path.
 
+use crate::breaker::HostView;
 use crate::cache::{Entry, Key, Source, VerdictCache};
-use crate::claims;
+use crate::claims::{self, Introspection, Login};
 use crate::clock::Clock;
 use crate::config::{IntrospectionMode, Settings};
 use crate::errors::{AuthError, ConfigError, Rejection, Unavailable, Verdict};
@@ -40,6 +41,8 @@ pub struct Outcome {
     /// Things worth a warning in the log that did not decide this login (a failed key refresh while
     /// older keys are still in use).
     pub warnings: Vec<String>,
+    /// For an acceptance by [`Authenticator::introspect`]: what the introspection reply passes on.
+    pub introspection: Option<Arc<Introspection>>,
 }
 
 impl Outcome {
@@ -81,18 +84,19 @@ pub enum FirstLook<'a> {
 /// A login the cache could not answer at once, with the work already done for it.
 pub struct Pending<'a> {
     started: Instant,
-    login_user: &'a str,
+    login: Login<'a>,
     raw_token: &'a [u8],
     /// The checked token and its cache key, or why the token was refused before the cache.
     prepared: Result<(Token<'a>, Key), (AuthError, Option<Source>)>,
 }
 
-/// What a login came to before it is counted and logged: the fields to export, or why not.
-type Decided = Result<(Vec<(String, String)>, Source), (AuthError, Option<Source>)>;
+/// What a login came to before it is counted and logged: the fields to export (and, for the token
+/// alone, what the introspection reply passes on), or why not.
+type Decided = Result<(Vec<(String, String)>, Option<Arc<Introspection>>, Source), (AuthError, Option<Source>)>;
 
 fn verdict_of(entry: &Entry, source: Source) -> Decided {
     match &entry.verdict {
-        Ok(identity) => Ok((identity.fields.clone(), source)),
+        Ok(identity) => Ok((identity.fields.clone(), identity.introspection.clone(), source)),
         Err(r) => Err((r.clone().into(), Some(source))),
     }
 }
@@ -138,13 +142,26 @@ impl Authenticator {
     }
 
     pub async fn verify(&self, login_user: &str, raw_token: &[u8]) -> Outcome {
-        self.finish(self.pending(login_user, raw_token)).await
+        self.finish(self.pending(Login::User(login_user), raw_token)).await
+    }
+
+    /// The daemon's path: checks `raw_token` with no login user (every rule but the user comparison)
+    /// and, when accepted, returns in [`Outcome::introspection`] the token's user for Dovecot to
+    /// compare. Cached under [`VerdictCache::token_key`], apart from `verify`'s (user, token) keys;
+    /// concurrent calls for one new token share one provider request.
+    pub async fn introspect(&self, raw_token: &[u8]) -> Outcome {
+        self.finish(self.pending(Login::Token, raw_token)).await
+    }
+
+    /// The state of the circuit breaker of each provider host that failed lately (for metrics).
+    pub fn breaker_view(&self) -> Vec<HostView> {
+        self.http.breaker().view()
     }
 
     /// The warm path: a login answered by a fresh cache entry, without entering the runtime.
     /// Otherwise the login as far as it got (token checked, cache key computed), for `finish`.
     pub fn verify_cached<'a>(&self, login_user: &'a str, raw_token: &'a [u8]) -> FirstLook<'a> {
-        let pending = self.pending(login_user, raw_token);
+        let pending = self.pending(Login::User(login_user), raw_token);
         if let Ok((_, key)) = &pending.prepared {
             if let Some(entry) = self.cache.fresh(key) {
                 return FirstLook::Answered(self.outcome(
@@ -160,39 +177,51 @@ impl Authenticator {
 
     /// Completes a login `verify_cached` could not answer: cache, provider or local validation.
     pub async fn finish(&self, pending: Pending<'_>) -> Outcome {
-        let Pending { started, login_user, raw_token, prepared } = pending;
+        let Pending { started, login, raw_token, prepared } = pending;
         let mut warnings = Vec::new();
         let decided = match prepared {
-            Ok((token, key)) => self.decide(login_user, raw_token, token, key, &mut warnings).await,
+            Ok((token, key)) => self.decide(login, raw_token, token, key, &mut warnings).await,
             Err(refused) => Err(refused),
         };
         self.outcome(started, raw_token, decided, warnings)
     }
 
-    fn pending<'a>(&self, login_user: &'a str, raw_token: &'a [u8]) -> Pending<'a> {
+    fn pending<'a>(&self, login: Login<'a>, raw_token: &'a [u8]) -> Pending<'a> {
         let started = Instant::now();
+        let key = |raw| match login {
+            Login::User(user) => VerdictCache::key(user, raw),
+            Login::Token => VerdictCache::token_key(raw),
+        };
         let prepared = Token::parse(raw_token, self.settings.max_token_bytes)
-            .map(|token| (token, VerdictCache::key(login_user, raw_token)))
+            .map(|token| (token, key(raw_token)))
             .map_err(|r| (r.into(), None));
-        Pending { started, login_user, raw_token, prepared }
+        Pending { started, login, raw_token, prepared }
     }
 
     fn outcome(&self, started: Instant, raw_token: &[u8], decided: Decided, mut warnings: Vec<String>) -> Outcome {
-        let (verdict, source) = match decided {
-            Ok((fields, source)) => (Verdict::Accept(fields), Some(source)),
-            Err((e, source)) => (Verdict::from(Err(e)), source),
+        let (verdict, source, introspection) = match decided {
+            Ok((fields, introspection, source)) => (Verdict::Accept(fields), Some(source), introspection),
+            Err((e, source)) => (Verdict::from(Err(e)), source, None),
         };
         self.stats.login(&verdict, source);
         // JWT-shaped (two dots): enough for the debug line, without decoding the token again.
         let local = self.settings.introspection_mode == IntrospectionMode::Local
             && raw_token.iter().filter(|&&b| b == b'.').count() == 2;
         warnings.extend(self.keys.take_notes());
-        Outcome { verdict, source, fingerprint: fingerprint(raw_token), elapsed: started.elapsed(), local, warnings }
+        Outcome {
+            verdict,
+            source,
+            fingerprint: fingerprint(raw_token),
+            elapsed: started.elapsed(),
+            local,
+            warnings,
+            introspection,
+        }
     }
 
     async fn decide(
         &self,
-        login_user: &str,
+        login: Login<'_>,
         raw: &[u8],
         token: Token<'_>,
         key: Key,
@@ -204,7 +233,7 @@ impl Authenticator {
         });
         let (entry, source, stale_because) = self
             .cache
-            .get_or_load(key, self.load(login_user, token))
+            .get_or_load(key, self.load(login, token))
             .await
             .map_err(|u| (u.into(), Some(Source::Provider)))?;
         if let Some(why) = stale_because {
@@ -223,16 +252,14 @@ impl Authenticator {
 
     /// Validates the token locally or asks the provider, applies the rules, and decides how long the
     /// verdict may be reused.
-    async fn load(&self, login_user: &str, token: Token<'_>) -> Result<Entry, Unavailable> {
+    async fn load(&self, login: Login<'_>, token: Token<'_>) -> Result<Entry, Unavailable> {
         let s = &self.settings;
         let created = self.clock.now();
         let negative = |r: Rejection| Ok(Entry::new(Err(r), s.cache_negative_ttl, Duration::ZERO, created));
         let now = self.clock.unix();
         let checked = if s.introspection_mode == IntrospectionMode::Local {
             match jwt::shape(token.as_str()) {
-                Shape::Jwt(Ok(parsed)) => {
-                    Some(jwt::validate(&self.keys, &self.http, s, &parsed, login_user, now).await)
-                }
+                Shape::Jwt(Ok(parsed)) => Some(jwt::validate(&self.keys, &self.http, s, &parsed, login, now).await),
                 Shape::Jwt(Err(r)) => return negative(r),
                 // Opaque tokens: only a provider can say what they are.
                 Shape::Opaque(_) if s.introspection_url.is_some() || s.tokeninfo_url.is_some() => None,
@@ -247,7 +274,7 @@ impl Authenticator {
             None => match provider::fetch_claims(&self.http, s, token).await {
                 Ok(claims) => {
                     trace::note(|| describe_claims(s, &claims, now));
-                    claims::check(s, &claims, login_user, now).map_err(AuthError::from)
+                    claims::check_login(s, &claims, login, now).map_err(AuthError::from)
                 }
                 Err(e) => Err(e),
             },
@@ -612,6 +639,62 @@ mod tests {
             let o = a.verify("a@x", b"bad token\0").await;
             assert!(matches!(o.verdict, Verdict::Reject(Rejection::Malformed(_))));
             assert!(srv.requests().is_empty());
+        });
+    }
+
+    #[test]
+    fn introspect_accepts_a_token_alone_and_returns_its_user_scope_and_exp() {
+        rt().block_on(async {
+            let exp = unix_now() + 600;
+            let reply = format!(r#"{{"email":"Alice@Example.TEST","scope":"openid mail","exp":{exp}}}"#);
+            let srv = TestServer::start(Canned::json(200, &reply)).await;
+            let a = auth("", &srv.url("/u"));
+            let o = a.introspect(b"tok-1").await;
+            assert_eq!((o.verdict, o.source), (Verdict::Accept(vec![]), Some(Source::Provider)));
+            let i = o.introspection.expect("introspection");
+            assert_eq!((&*i.username, i.scope.as_deref()), ("alice@example.test", Some("openid mail")));
+            assert_eq!(a.introspect(b"tok-1").await.source, Some(Source::Cache));
+            assert_eq!(srv.requests().len(), 1);
+        });
+    }
+
+    #[test]
+    fn introspect_refuses_what_the_provider_refuses_and_carries_nothing() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(401, "{}")).await;
+            let o = auth("", &srv.url("/u")).introspect(b"tok").await;
+            assert_eq!(o.verdict, Verdict::Reject(Rejection::ProviderRefused(401)));
+            assert!(o.introspection.is_none());
+        });
+    }
+
+    #[test]
+    fn a_token_alone_verdict_is_never_served_to_a_login_nor_a_logins_to_the_token_alone() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#)).await;
+            let a = auth("", &srv.url("/u"));
+            assert!(matches!(a.introspect(b"t").await.verdict, Verdict::Accept(_)));
+            let o = a.verify("b@x", b"t").await;
+            assert_eq!(o.source, Some(Source::Provider), "not the daemon's cached acceptance");
+            assert!(matches!(o.verdict, Verdict::Reject(Rejection::WrongUser { .. })));
+            let o = a.verify("a@x", b"t2").await;
+            assert!(o.introspection.is_none(), "a login's acceptance carries no introspection");
+            let o = a.introspect(b"t2").await;
+            assert_eq!(o.source, Some(Source::Provider), "not the login's cached acceptance");
+            assert!(o.introspection.is_some());
+            assert_eq!(srv.requests().len(), 4);
+        });
+    }
+
+    #[test]
+    fn concurrent_introspections_of_one_new_token_make_one_provider_request() {
+        rt().block_on(async {
+            let srv =
+                TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#).delayed(Duration::from_millis(100))).await;
+            let a = auth("", &srv.url("/u"));
+            let all = futures_util::future::join_all((0..8).map(|_| a.introspect(b"shared")));
+            assert!(all.await.iter().all(|o| matches!(o.verdict, Verdict::Accept(_))));
+            assert_eq!(srv.requests().len(), 1);
         });
     }
 

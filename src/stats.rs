@@ -3,7 +3,7 @@
 
 use crate::cache::Source;
 use crate::clock::Clock;
-use crate::errors::Verdict;
+use crate::errors::{Unavailable, Verdict};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,9 +22,57 @@ pub struct Snapshot {
     pub provider_failures: u64,
     pub provider_msecs_total: u64,
     pub provider_msecs_max: u64,
+    /// Temporary failures by kind (`unreachable`, `timeout`, `status`...).
+    pub tempfail_by: BTreeMap<&'static str, u64>,
+    /// Provider requests by duration: `[i]` counts those within `PROVIDER_LATENCY_BUCKETS_MS[i]` and
+    /// above the bucket before; the last counts the slower ones (a histogram, not cumulative).
+    pub provider_latency: [u64; PROVIDER_LATENCY_BUCKETS_MS.len() + 1],
+    /// The same requests' total duration in microseconds (for the histogram's sum).
+    pub provider_micros_total: u64,
+}
+
+/// Upper bounds of the provider latency histogram, in milliseconds.
+pub const PROVIDER_LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
+
+/// The kind of a temporary failure, as counters name it.
+pub fn unavailable_kind(u: &Unavailable) -> &'static str {
+    match u {
+        Unavailable::Unreachable { .. } => "unreachable",
+        Unavailable::Timeout { .. } => "timeout",
+        Unavailable::Status { .. } => "status",
+        Unavailable::BadReply { .. } => "bad_reply",
+        Unavailable::NoKeys { .. } => "no_keys",
+        Unavailable::CircuitOpen { .. } => "circuit_open",
+        Unavailable::Settings(_) => "settings",
+        Unavailable::Internal(_) => "internal",
+    }
 }
 
 impl Snapshot {
+    /// Adds `other`'s counts to these (the daemon keeps its counters across a reload this way).
+    pub fn add(&mut self, other: &Snapshot) {
+        self.accepted += other.accepted;
+        self.rejected += other.rejected;
+        for (k, v) in &other.rejected_by {
+            *self.rejected_by.entry(k).or_default() += v;
+        }
+        self.tempfail += other.tempfail;
+        for (k, v) in &other.tempfail_by {
+            *self.tempfail_by.entry(k).or_default() += v;
+        }
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.stale_used += other.stale_used;
+        self.provider_requests += other.provider_requests;
+        self.provider_failures += other.provider_failures;
+        self.provider_msecs_total += other.provider_msecs_total;
+        self.provider_msecs_max = self.provider_msecs_max.max(other.provider_msecs_max);
+        for (mine, theirs) in self.provider_latency.iter_mut().zip(other.provider_latency) {
+            *mine += theirs;
+        }
+        self.provider_micros_total += other.provider_micros_total;
+    }
+
     /// One log line, `key=value` pairs.
     pub fn line(&self) -> String {
         let mut s = format!(
@@ -83,7 +131,10 @@ impl Stats {
                     s.rejected += 1;
                     *s.rejected_by.entry(r.kind()).or_default() += 1;
                 }
-                Verdict::TempFail(_) => s.tempfail += 1,
+                Verdict::TempFail(u) => {
+                    s.tempfail += 1;
+                    *s.tempfail_by.entry(unavailable_kind(u)).or_default() += 1;
+                }
             }
             match source {
                 Some(Source::Cache) => s.cache_hits += 1,
@@ -104,6 +155,12 @@ impl Stats {
             s.provider_failures += failed as u64;
             s.provider_msecs_total += ms;
             s.provider_msecs_max = s.provider_msecs_max.max(ms);
+            let bucket = PROVIDER_LATENCY_BUCKETS_MS
+                .iter()
+                .position(|&le| elapsed <= Duration::from_millis(le))
+                .unwrap_or(PROVIDER_LATENCY_BUCKETS_MS.len());
+            s.provider_latency[bucket] += 1;
+            s.provider_micros_total += elapsed.as_micros() as u64;
         });
     }
 
@@ -128,7 +185,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errors::{Rejection, Unavailable};
+    use crate::errors::Rejection;
 
     #[test]
     fn logins_are_counted_by_verdict_source_and_rejection_kind() {
@@ -154,6 +211,44 @@ mod tests {
             (2, 1, 40, 30)
         );
         assert!(s.line().contains("provider_avg_ms=20"));
+    }
+
+    #[test]
+    fn provider_latency_falls_into_the_first_bucket_that_holds_it() {
+        let st = Stats::new(Duration::ZERO, Clock::manual());
+        st.provider_request(Duration::from_micros(500), false);
+        st.provider_request(Duration::from_millis(1), false);
+        st.provider_request(Duration::from_millis(7), false);
+        st.provider_request(Duration::from_secs(60), true);
+        let s = st.snapshot();
+        assert_eq!(s.provider_latency[0], 2, "<= 1 ms");
+        assert_eq!(s.provider_latency[3], 1, "<= 10 ms");
+        assert_eq!(s.provider_latency[PROVIDER_LATENCY_BUCKETS_MS.len()], 1, "slower than the last bound");
+        assert_eq!(s.provider_micros_total, 500 + 1_000 + 7_000 + 60_000_000);
+    }
+
+    #[test]
+    fn temporary_failures_are_counted_by_kind() {
+        let st = Stats::new(Duration::ZERO, Clock::manual());
+        st.login(&Verdict::TempFail(Unavailable::Timeout { url: "u".into(), msecs: 1 }), Some(Source::Provider));
+        st.login(&Verdict::TempFail(Unavailable::Internal("x".into())), None);
+        let s = st.snapshot();
+        assert_eq!((s.tempfail_by.get("timeout"), s.tempfail_by.get("internal")), (Some(&1), Some(&1)));
+    }
+
+    #[test]
+    fn snapshots_add_up_every_counter() {
+        let st = Stats::new(Duration::ZERO, Clock::manual());
+        st.login(&Verdict::Reject(Rejection::Inactive), Some(Source::Provider));
+        st.login(&Verdict::TempFail(Unavailable::Internal("x".into())), None);
+        st.provider_request(Duration::from_millis(30), true);
+        let one = st.snapshot();
+        let mut sum = one.clone();
+        sum.add(&one);
+        assert_eq!((sum.rejected, sum.tempfail, sum.cache_misses, sum.provider_requests), (2, 2, 2, 2));
+        assert_eq!((sum.rejected_by.get("inactive"), sum.tempfail_by.get("internal")), (Some(&2), Some(&2)));
+        assert_eq!(sum.provider_latency.iter().sum::<u64>(), 2);
+        assert_eq!((sum.provider_msecs_total, sum.provider_msecs_max), (60, 30));
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! `dovecot-oauth2d`: the engine behind an RFC 7662 introspection endpoint, for Dovecot's own oauth2
+//! client (2.4's `oauth2 {}`, 2.3's `passdb { driver = oauth2 }`). One process per host: one cache,
+//! one provider request per token however many logins and auth processes use it.
+//!
+//! - [`cli`]: the command line; [`state`]: the settings in use; [`server`]: listeners and HTTP;
+//!   [`auth`]: client credentials; [`form`]: the request body; [`introspect`]: verdict to reply;
+//!   [`metrics`]: Prometheus text; [`reload`]: signals; [`log`]: the log lines.
+
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod form;
+pub mod introspect;
+pub mod log;
+pub mod metrics;
+pub mod reload;
+pub mod server;
+pub mod state;
+
+use crate::config::Settings;
+use crate::lookup::Authenticator;
+use error::DaemonError;
+use server::{App, Role, LIMITS};
+use state::{DaemonConfig, Generation, Shared};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reads and checks a settings file as the daemon needs it.
+pub fn load(path: &Path) -> Result<(Settings, DaemonConfig), DaemonError> {
+    let settings = Settings::load(path)?;
+    let config = DaemonConfig::from_settings(&settings)?;
+    Ok((settings, config))
+}
+
+/// `-t`: checks the settings file (and that an engine can be built from it) without listening.
+pub fn test(path: &Path) -> ExitCode {
+    let checked = load(path).and_then(|(settings, config)| {
+        let notes: Vec<String> = settings.warnings.iter().chain(&config.warnings).cloned().collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DaemonError::Start(format!("runtime: {e}")))?;
+        let _guard = rt.enter();
+        Authenticator::new(settings)?;
+        Ok((config, notes))
+    });
+    match checked {
+        Ok((config, notes)) => {
+            for n in notes {
+                log::warning(&n);
+            }
+            let metrics = config.metrics_listen.map_or(String::new(), |m| format!(", metrics on {m}"));
+            log::info(&format!("{} is usable: would listen on {}{metrics}", path.display(), config.listen));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error(&e.to_string());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT. Exit codes: 0 after a stop signal,
+/// 2 when it cannot start (settings, listen address).
+pub fn run(path: &Path) -> ExitCode {
+    std::panic::set_hook(Box::new(|info| log::error(&format!("internal error (panic): {info}"))));
+    let (settings, config) = match load(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            log::error(&format!("cannot start: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .max_blocking_threads(16)
+        .thread_name("oauth2d")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error(&format!("cannot start the runtime: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let code = rt.block_on(serve(path, settings, config));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+fn bind(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpListener, DaemonError> {
+    let failed = |e: std::io::Error| DaemonError::Listen { address: addr.to_string(), key, reason: e.to_string() };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(failed)?;
+    std_listener.set_nonblocking(true).map_err(failed)?;
+    tokio::net::TcpListener::from_std(std_listener).map_err(failed)
+}
+
+async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCode {
+    let mut signals = match reload::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error(&format!("cannot start: signal handlers: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    for w in settings.warnings.iter().chain(&config.warnings) {
+        log::warning(w);
+    }
+    let listeners = bind(config.listen, "listen")
+        .and_then(|main| Ok((main, config.metrics_listen.map(|m| bind(m, "metrics_listen")).transpose()?)));
+    let (main, metrics) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            log::error(&format!("cannot start: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let auth = match Authenticator::new(settings) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            log::error(&format!("cannot start: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let shared = Arc::new(Shared::new(path.to_owned(), Generation { auth, config }));
+    let app = Arc::new(App::new(shared.clone(), LIMITS));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shown = |l: &tokio::net::TcpListener| l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let mut where_ = format!("listening on {} (POST /introspect, GET /health", shown(&main));
+    match &metrics {
+        Some(m) => where_.push_str(&format!("), metrics on {} (GET /metrics, GET /health)", shown(m))),
+        None => where_.push_str(", GET /metrics)"),
+    }
+    let role = Role::Main { metrics: metrics.is_none() };
+    let mut loops = vec![tokio::spawn(server::accept_loop(app.clone(), role, main, stopped.clone()))];
+    if let Some(m) = metrics {
+        loops.push(tokio::spawn(server::accept_loop(app.clone(), Role::Metrics, m, stopped.clone())));
+    }
+    let settings = shared.current().auth.settings().clone();
+    log::info(&format!("{where_}; settings {}; provider {}", path.display(), describe_provider(&settings)));
+    let why = signals.until_stop(&shared).await;
+    let grace = server::stop_grace(shared.current().auth.settings());
+    log::info(&format!("{why}: stopping; requests in flight get up to {:.1} s", grace.as_secs_f64()));
+    let _ = stop.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let drained = tokio::time::timeout(grace, async {
+        let _all = app.connections.acquire_many(LIMITS.max_connections as u32).await;
+        let _all = app.in_flight.acquire_many(LIMITS.max_in_flight as u32).await;
+    })
+    .await;
+    match drained {
+        Ok(()) => log::info("stopped"),
+        Err(_) => log::warning(&format!(
+            "stopped with {} connections still open after {:.1} s",
+            LIMITS.max_connections - app.connections.available_permits(),
+            grace.as_secs_f64()
+        )),
+    }
+    ExitCode::SUCCESS
+}
+
+/// The provider side in a few words for the startup line (URLs without credentials or query).
+fn describe_provider(s: &Settings) -> String {
+    use crate::config::IntrospectionMode;
+    use crate::http::redact_url;
+    let mode = match s.introspection_mode {
+        IntrospectionMode::Auth => "userinfo (introspection_mode = auth)",
+        IntrospectionMode::Get => "introspection_mode = get",
+        IntrospectionMode::Post => "RFC 7662 (introspection_mode = post)",
+        IntrospectionMode::Local => "local JWT validation (introspection_mode = local)",
+    };
+    let urls: Vec<String> = s
+        .tokeninfo_url
+        .iter()
+        .chain(&s.introspection_url)
+        .chain(&s.openid_configuration_url)
+        .chain(&s.jwks_url)
+        .map(|u| redact_url(u))
+        .collect();
+    format!("{mode} at {}", urls.join(" "))
+}
