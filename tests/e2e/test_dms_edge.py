@@ -183,9 +183,9 @@ class TestSwitchedEdge:
         mark = dov.log_mark()
         r = dov.imap_login(ALICE, live_idp.token("alice"), mech)
         assert r.ok, r.text + dov.log_since(mark)
-        # DMS's log line "imap-login: Login: user=<...>, method=..." (Fail2Ban and DMS's docs look for it)
-        assert re.search(rf"imap-login: (Info: )?Login: user=<{ALICE}>, method={mech},",
-                         dov.wait_log(mark, "Login: user="))
+        # Dovecot 2.4 logs "imap-login: Logged in: user=<...>, method=..." (2.3: "Login: user=")
+        assert re.search(rf"imap-login: (Info: )?Logged in: user=<{ALICE}>, method={mech},",
+                         dov.wait_log(mark, "Logged in: user="))
 
     def test_the_daemon_asks_the_provider_once_per_token(self, edge, live_idp):
         dov = edge["dovecot"]
@@ -200,7 +200,7 @@ class TestSwitchedEdge:
         mark = dov.log_mark()
         r = dov.imap_login(BOB, live_idp.token("alice"), "XOAUTH2")
         assert not r.ok and "AUTHENTICATIONFAILED" in r.text, r.text
-        assert "Login: user=" not in dov.log_since(mark)
+        assert "Logged in: user=" not in dov.log_since(mark)
 
     def test_dms_passwd_file_account_still_logs_in_with_its_password(self, edge):
         r = edge["dovecot"].imap_plain_login(BOB, ACCOUNTS[BOB])
