@@ -109,7 +109,10 @@ restore_originals() {
   done
   # Dovecot 2.4: DMS has no settings file of its own; the daemon's program goes with the switch.
   [[ -f ${SETTINGS} && ! -f ${SETTINGS}${ORIG_SUFFIX} ]] && grep -qF "${MARKER}" "${SETTINGS}" && rm -f "${SETTINGS}"
-  rm -f "${SUPERVISOR_PROGRAM}"
+  if [[ -f ${SUPERVISOR_PROGRAM} ]]; then
+    rm -f "${SUPERVISOR_PROGRAM}"
+    stop_daemon
+  fi
   local out
   if out=$(doveconf -c "${DOVECOT_CONF}" -n 2>&1 >/dev/null); then
     log "restored docker-mailserver's original ${PASSDB_CONF#"${DMS_ROOT}"} and ${SETTINGS#"${DMS_ROOT}"} (doveconf: ok)"
@@ -457,7 +460,7 @@ EOF
 # start_daemon: (re)starts the daemon's supervisord program when supervisord runs (it does in DMS: this
 # script is run by start-mailserver.sh, itself a supervisord program).
 start_daemon() {
-  if ! command -v supervisorctl > /dev/null 2>&1 || ! supervisorctl pid > /dev/null 2>&1; then
+  if ! supervisord_running; then
     log "supervisord is not running: start the daemon with '${RT_DAEMON} -c ${RT_SETTINGS}'"
     return 0
   fi
@@ -472,7 +475,49 @@ start_daemon() {
     fi
     sleep 1
   done
-  err "dovecot-oauth2d did not start: see /var/log/mail/dovecot-oauth2d.log"
+  echo "dovecot-oauth2d did not start under supervisord: see /var/log/mail/dovecot-oauth2d.log"
+  return 1
+}
+
+supervisord_running() {
+  command -v supervisorctl > /dev/null 2>&1 && supervisorctl pid > /dev/null 2>&1
+}
+
+# stop_daemon: takes the daemon's program out of a running supervisord (its file is gone or going).
+stop_daemon() {
+  supervisord_running || return 0
+  supervisorctl stop dovecot-oauth2d > /dev/null 2>&1
+  supervisorctl remove dovecot-oauth2d > /dev/null 2>&1
+  return 0
+}
+
+# daemon_check DAEMON: the daemon's own check (-t) of the staged settings, reading the staged secret;
+# gives up with its errors, passes its warnings on.
+daemon_check() {
+  local daemon=$1 line lines=()
+  sed "s|^listen_client_secret = <.*|listen_client_secret = <${STAGE}/secret|" "${STAGE}/settings" \
+    > "${STAGE}/settings.check" && chmod 0600 "${STAGE}/settings.check" "${STAGE}/secret" \
+    || give_up "cannot stage the settings for dovecot-oauth2d's check"
+  # run from an executable copy next to where it goes (the config volume's copy may lack +x, and /tmp
+  # may be mounted noexec)
+  local bin rc=0
+  bin="$(dirname "${DAEMON}")/.dovecot-oauth2d.check.$$"
+  mkdir -p "$(dirname "${DAEMON}")" && install -m 0700 "${daemon}" "${bin}" \
+    || give_up "cannot copy ${daemon#"${DMS_ROOT}"} to run its check"
+  "${bin}" -t -c "${STAGE}/settings.check" > "${STAGE}/check.out" 2>&1 || rc=$?
+  rm -f "${bin}"
+  while IFS= read -r line; do
+    line=${line#* dovecot-oauth2d: }
+    line=${line//"${STAGE}/settings.check"/${RT_SETTINGS}}
+    case "${line}" in
+      error:*) lines+=("dovecot-oauth2d -t: ${line#error: }") ;;
+      warning:*) log "dovecot-oauth2d -t: ${line}" ;;
+    esac
+  done < "${STAGE}/check.out"
+  if ((rc != 0)); then
+    ((${#lines[@]} > 0)) || lines=("dovecot-oauth2d -t -c ${RT_SETTINGS} failed (exit ${rc}): $(head -c 500 "${STAGE}/check.out" | tr '\n' ' ')")
+    give_up "${lines[@]}"
+  fi
 }
 
 main_24() {
@@ -519,6 +564,7 @@ main_24() {
     [[ ${secret} =~ ^[0-9a-f]{48}$ ]] || give_up "cannot make a random secret"
   fi
   printf '%s\n' "${secret}" > "${STAGE}/secret" || give_up "cannot stage the secret"
+  daemon_check "${daemon_src}"
   oauth2_block_text "${listen}" "${secret}" > "${STAGE}/passdb" || give_up "cannot write the staged oauth2 block"
   DAEMON_USER=root
   getent passwd dovecot > /dev/null 2>&1 && DAEMON_USER=dovecot
@@ -551,7 +597,8 @@ main_24() {
   install_file "${STAGE}/program" "${SUPERVISOR_PROGRAM}" 0644 \
     || give_up "cannot write ${SUPERVISOR_PROGRAM#"${DMS_ROOT}"}"
   mkdir -p "${DMS_ROOT}/var/log/mail"
-  start_daemon
+  why=$(start_daemon) || give_up "${why}"
+  [[ -n ${why} ]] && printf '%s\n' "${why}"
 
   log "switched Dovecot ${version}'s oauth2 client to dovecot-oauth2d on ${listen} (daemon ${RT_DAEMON} from ${daemon_src#"${DMS_ROOT}"}, settings ${RT_SETTINGS}); doveconf: ok"
   log "roll back: restore ${PASSDB_CONF#"${DMS_ROOT}"}${ORIG_SUFFIX}, or remove this script and recreate the container"

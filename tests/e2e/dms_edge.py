@@ -430,6 +430,31 @@ class Supervisor:
         self._proc = None
 
 
+SUPERVISOR_FUNCTIONS = ("log", "err", "supervisord_running", "start_daemon", "stop_daemon")
+
+
+def run_supervisor_functions(supervisor: "Supervisor", call: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Runs user-patches.sh's own supervisord functions (their text taken from the script) with bash on
+    this host, where the PyPI supervisorctl is: `supervisorctl` on PATH is that one, with the moved
+    supervisord.conf. (Inside the chroot there is no supervisor; the rest of the script runs there.)"""
+    script = open(USER_PATCHES).read()
+    parts = []
+    for name in SUPERVISOR_FUNCTIONS:
+        m = re.search(rf"^{name}\(\) \{{[^\n]*\}}$|^{name}\(\) \{{\n.*?^\}}$", script, re.M | re.S)
+        assert m, f"function {name} not found in user-patches.sh"
+        parts.append(m.group(0))
+    consts = "\n".join(re.findall(r"^RT_(?:DAEMON|SETTINGS)=.*$", script, re.M))
+    bindir = os.path.join(supervisor.stage.dir, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    wrapper = os.path.join(bindir, "supervisorctl")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nexec "{sys.executable}" -m supervisor.supervisorctl -c "{supervisor.conf}" "$@"\n')
+    os.chmod(wrapper, 0o755)
+    body = "set -uo pipefail\n" + consts + "\n" + "\n".join(parts) + "\n" + call + "\n"
+    return subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": bindir + ":" + PATH})
+
+
 def free_ports(n: int) -> list[int]:
     return _free_ports(n)
 

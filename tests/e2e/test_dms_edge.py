@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 
 import pytest
@@ -144,10 +145,11 @@ def edge(chroot, daemon, idp):
         assert p.returncode == 0 and "switched Dovecot 2.4.1" in p.stdout, p.stdout + p.stderr
         sv = Supervisor(st)
         sv.start()
-        # what start_daemon in user-patches.sh asks a running supervisord for
-        for args in (("reread",), ("update", "dovecot-oauth2d"), ("start", "dovecot-oauth2d")):
-            sv.ctl(*args)
-        status = sv.wait_state("RUNNING")
+        # DMS's supervisord runs user-patches.sh: the script's own start_daemon adds and starts the program
+        started = dms_edge.run_supervisor_functions(sv, "start_daemon")
+        assert started.returncode == 0, started.stdout + started.stderr + dms_edge.MailStack._tail(sv.log_path)
+        assert "dovecot-oauth2d runs under supervisord" in started.stdout, started.stdout
+        status = sv.status()
         assert "RUNNING" in status, status + dms_edge.MailStack._tail(sv.log_path)
         dov = EdgeDovecot(st, imap_port)
         dov.start()
@@ -259,6 +261,48 @@ class TestSwitchedEdge:
         assert secret not in edge["patches"].stdout + edge["patches"].stderr
 
 
+    def test_second_start_restarts_the_daemon_under_supervisord(self, edge):
+        # a container restart runs user-patches.sh again with supervisord already running the daemon
+        sv, dov = edge["supervisor"], edge["dovecot"]
+        before = _daemon_pid(sv)
+        started = dms_edge.run_supervisor_functions(sv, "start_daemon")
+        assert started.returncode == 0 and "runs under supervisord" in started.stdout, started.stdout + started.stderr
+        assert _daemon_pid(sv) != before
+        assert dov.imap_plain_login(BOB, ACCOUNTS[BOB]).ok
+
+
+def test_start_daemon_reports_a_daemon_that_cannot_start_and_stop_daemon_removes_it(chroot, daemon, idp):
+    _need(_supervisor_problem())
+    st = Stage(chroot)
+    sv = None
+    try:
+        busy, = dms_edge.free_ports(1)
+        env = _env(idp, busy)
+        build_tree(st, env=env, imap_port=143, daemon=daemon)
+        p = run_user_patches(st, env)
+        assert p.returncode == 0, p.stdout + p.stderr
+        sv = Supervisor(st)
+        sv.start()
+        with socket.socket() as holder:  # the daemon's port is taken: it exits at once, again and again
+            holder.bind(("127.0.0.1", busy))
+            holder.listen()
+            r = dms_edge.run_supervisor_functions(sv, "start_daemon")
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "dovecot-oauth2d did not start under supervisord: see /var/log/mail/dovecot-oauth2d.log" in r.stdout
+            assert re.search(r"cannot start: .*127\.0\.0\.1:%d" % busy, open(sv.log_path).read()), \
+                open(sv.log_path).read()
+        r = dms_edge.run_supervisor_functions(sv, "stop_daemon")
+        assert r.returncode == 0, r.stderr
+        assert "no such process" in sv.status().lower(), sv.status()
+    finally:
+        if sv:
+            sv.stop()
+        leftover = dms_edge.stage_pids(st)
+        if not leftover:
+            st.remove()
+        assert not leftover, leftover
+
+
 # --- the script on its own ------------------------------------------------------------------------
 
 def test_running_the_script_twice_gives_identical_files(new_stage, daemon, idp):
@@ -328,6 +372,28 @@ def test_settings_the_daemon_would_refuse_are_not_installed(new_stage, daemon, i
     assert "introspection_mode = local needs OAUTH2_OPENID_CONFIGURATION_URL or OAUTH2_JWKS_URL" in p.stderr, \
         p.stderr
     assert snapshot(st.root) == before
+
+
+def test_settings_the_daemon_itself_refuses_are_not_installed(new_stage, daemon, idp):
+    # max_token_bytes must be at least 64: only the daemon's own check (-t) knows
+    env = _env(idp, OAUTH2_MAX_TOKEN_BYTES="5")
+    st = new_stage(env=env, daemon=daemon)
+    before = snapshot(st.root)
+    p = run_user_patches(st, env)
+    assert p.returncode == 0
+    assert re.search(r"ERROR: dovecot-oauth2d -t: .*/etc/dovecot/dovecot-oauth2\.conf\.ext line \d+: .*max_token_bytes"
+                     r".*must be between 64 and 1048576", p.stderr), p.stderr
+    assert "not switched" in p.stderr
+    assert snapshot(st.root) == before
+
+
+def test_daemons_warnings_about_the_settings_are_passed_on(new_stage, daemon, idp):
+    env = _env(idp, OAUTH2_INTROSPECTION_MODE="local", OAUTH2_OPENID_CONFIGURATION_URL=idp.discovery_url)
+    st = new_stage(env=env, daemon=daemon)
+    p = run_user_patches(st, env)
+    assert p.returncode == 0 and "switched Dovecot 2.4.1" in p.stdout, p.stdout + p.stderr
+    assert "[dovecot-oauth2] dovecot-oauth2d -t: warning: /etc/dovecot/dovecot-oauth2.conf.ext: introspection_mode = " \
+           "local without audience" in p.stdout, p.stdout
 
 
 def test_daemons_own_keys_cannot_be_set_from_variables(new_stage, daemon, idp):
