@@ -427,13 +427,15 @@ oauth2 {
 EOF
 }
 
+# autostart=true: a restarted container (whose files stay switched) has supervisord start the daemon
+# itself; Dovecot would otherwise ask a daemon that is not there.
 supervisor_program_text() {
   cat << EOF
 ; ${MARKER}
 [program:dovecot-oauth2d]
 startsecs=1
 stopwaitsecs=30
-autostart=false
+autostart=true
 autorestart=true
 user=${DAEMON_USER}
 redirect_stderr=true

@@ -271,6 +271,18 @@ class TestSwitchedEdge:
         assert dov.imap_plain_login(BOB, ACCOUNTS[BOB]).ok
 
 
+    def test_restarted_container_gets_the_daemon_from_supervisord_alone(self, edge, live_idp):
+        # a restart keeps the switched files; supervisord starts the program by itself (autostart)
+        sv, dov = edge["supervisor"], edge["dovecot"]
+        sv.stop()
+        assert not sv.status().strip() or "RUNNING" not in sv.status()
+        sv.start()
+        status = sv.wait_state("RUNNING")
+        assert "RUNNING" in status, status + dms_edge.MailStack._tail(sv.log_path)
+        r = dov.imap_login(ALICE, live_idp.token("alice"), "XOAUTH2")
+        assert r.ok, r.text
+
+
 def test_start_daemon_reports_a_daemon_that_cannot_start_and_stop_daemon_removes_it(chroot, daemon, idp):
     _need(_supervisor_problem())
     st = Stage(chroot)
@@ -281,11 +293,11 @@ def test_start_daemon_reports_a_daemon_that_cannot_start_and_stop_daemon_removes
         build_tree(st, env=env, imap_port=143, daemon=daemon)
         p = run_user_patches(st, env)
         assert p.returncode == 0, p.stdout + p.stderr
-        sv = Supervisor(st)
-        sv.start()
         with socket.socket() as holder:  # the daemon's port is taken: it exits at once, again and again
             holder.bind(("127.0.0.1", busy))
             holder.listen()
+            sv = Supervisor(st)
+            sv.start()
             r = dms_edge.run_supervisor_functions(sv, "start_daemon")
             assert r.returncode == 1, r.stdout + r.stderr
             assert "dovecot-oauth2d did not start under supervisord: see /var/log/mail/dovecot-oauth2d.log" in r.stdout
