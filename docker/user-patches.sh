@@ -24,11 +24,13 @@
 #   2. writes the daemon's settings /etc/dovecot/dovecot-oauth2.conf.ext from the same OAUTH2_<KEY>
 #      variables as on v15 (DMS edge itself only applies OAUTH2_INTROSPECTION_URL), with a random
 #      credential for Dovecot (kept in /etc/dovecot/dovecot-oauth2d.secret, made once per container),
+#      after the daemon's own check of them (`dovecot-oauth2d -t`),
 #   3. replaces /etc/dovecot/conf.d/auth-oauth2.conf.ext by one whose `oauth2 {}` block asks the daemon
 #      (introspection_mode = post on 127.0.0.1), keeping DMS's original as *.dms-orig,
-#   4. checks the result with `doveconf -n`,
+#   4. checks the result with `doveconf -n -P` (-n alone hides the URL's password),
 #   5. adds the daemon to DMS's supervisord (/etc/supervisor/conf.d/dovecot-oauth2d.conf, user dovecot,
-#      log /var/log/mail/dovecot-oauth2d.log) and starts it when supervisord is running.
+#      log /var/log/mail/dovecot-oauth2d.log, started with supervisord on later container starts) and
+#      starts it when supervisord is running; a daemon that does not start undoes the switch.
 #
 # On any problem it puts DMS's original files back, says why (lines prefixed [dovecot-oauth2]) and
 # leaves DMS's own oauth2 configuration running; with DOVECOT_OAUTH2_STRICT=1 it then exits 1 as well.
