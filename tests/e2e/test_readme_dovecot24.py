@@ -1,6 +1,6 @@
 """The README's "Dovecot 2.4 and docker-mailserver edge" section says what the tests run: its Dovecot
-blocks are the ones tests/e2e/test_daemon_dovecot24.py and test_daemon_dovecot23_builtin.py use, its
-daemon settings pass the daemon's own check, and its systemd unit passes `systemd-analyze verify`."""
+block is the one tests/e2e/test_daemon_dovecot24.py uses, its daemon settings pass the daemon's own
+check, and its systemd unit passes `systemd-analyze verify`."""
 
 from __future__ import annotations
 
@@ -58,13 +58,6 @@ def test_dovecot_24_block_is_the_one_the_tests_run():
     with tempfile.TemporaryDirectory() as tmp:
         assert keys(m.group(1)) == _daemon(tmp).dovecot24_block()
     assert re.search(r"^auth_mechanisms \{\n  oauthbearer = yes\n  xoauth2 = yes\n\}", text, re.M), text
-
-
-def test_dovecot_23_passdb_file_is_the_one_the_tests_run():
-    text = block_with("driver = oauth2")
-    args = text.split("\n}\n", 1)[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        assert keys(args) == keys(_daemon(tmp).dovecot23_args())
 
 
 def test_daemon_settings_example_passes_the_daemons_check():
