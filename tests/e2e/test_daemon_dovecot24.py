@@ -124,7 +124,7 @@ def refused(r) -> bool:
 def assert_daemon_refused(d: Daemon, mark: int, token: str, reason: str) -> str:
     """The daemon logged exactly one refusal of this token, with the reason."""
     fp = fingerprint(token)
-    log = d.wait_log(mark, fp)
+    log = d.wait_log(mark, fp, 30)
     lines = [ln for ln in log.splitlines() if fp in ln]
     assert len(lines) == 1, log[-3000:]
     assert "dovecot-oauth2d: info: authentication failed: " in lines[0] and reason in lines[0], lines[0]
@@ -468,7 +468,7 @@ def test_provider_down_cached_token_logs_in_and_a_new_one_fails_as_2_4_1_does(ma
     assert re.search(r"oauth2 failed: Introspection failed: .*503", log), log
     # the daemon answered 503 and logged the reason once, with the token's hash prefix
     fp = fingerprint(new)
-    dlog = d.wait_log(dmark, fp)
+    dlog = d.wait_log(dmark, fp, 30)
     lines = [ln for ln in dlog.splitlines() if fp in ln]
     assert len(lines) == 1 and "warning: temporary failure: " in lines[0], dlog
     assert live_idp.userinfo_url in lines[0] and "unreachable" in lines[0], lines[0]
@@ -503,3 +503,31 @@ def test_identity_kept_in_its_case_is_folded_by_username_validation_format(make_
     r = stack.imap_login(DAVE, live_idp.token("dave"), "XOAUTH2")
     assert refused(r), r.text
     assert f"Username '{DAVE}' did not match 'DAVE@Example.TEST'" in stack.wait_log(mark, "did not match", 30)
+
+
+# --- a unix socket instead of a TCP port ----------------------------------------------------------------
+
+def test_dovecot_reaches_the_daemon_through_a_unix_socket(workroot, live_idp):
+    # Dovecot 2.4.1: http_client_proxy_socket_path in oauth2 {} sends the request (absolute-form, with
+    # the URL's credentials) to the socket; the URL's host is never contacted (nothing listens there).
+    stack = Dovecot24Stack(oauth2={}, postfix=False)
+    inside = stack.private_path("oauth2d.sock")
+    d = Daemon(tempfile.mkdtemp(prefix="d24-unix-", dir=workroot), userinfo_settings(live_idp),
+               listen="unix:" + stack.host_path(inside))
+    conftest.SECRETS.append(d.secret)
+    d.start()
+    try:
+        stack.reconfigure(oauth2=d.dovecot24_block(socket_inside=inside))
+        assert "@localhost/introspect" in stack.oauth2["introspection_url"]
+        stack.start()
+        r = stack.imap_login(ALICE, live_idp.token("alice"), "XOAUTH2")
+        assert r.ok, r.text + stack.log_since(0)[-2000:]
+        token = "garbage-" + secrets.token_urlsafe(24)
+        mark = d.log_mark()
+        assert refused(stack.imap_login(ALICE, token, "OAUTHBEARER"))
+        assert_daemon_refused(d, mark, token, "provider refused the token (HTTP 401)")
+        assert not stack.all_crashes()
+    finally:
+        stack.stop(remove=False)
+        assert d.stop() == 0, d.log_since(0)[-3000:]
+        stack.cleanup()

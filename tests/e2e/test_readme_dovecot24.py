@@ -46,8 +46,8 @@ def keys(text: str) -> dict[str, str]:
 
 
 def _daemon(tmp: str) -> Daemon:
-    d = Daemon(tmp, "introspection_url = http://127.0.0.1:9/me\n", port=7662)
-    d.secret = "SECRET"
+    d = Daemon(tmp, "introspection_url = http://127.0.0.1:9/me\n", listen="127.0.0.1:7662")
+    d.client, d.port = ("dovecot", "SECRET"), 7662  # as the README writes it; never started
     return d
 
 
