@@ -460,7 +460,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def stage_pids(stage: Stage) -> list[int]:
-    """Processes whose root or executable lies in the scratch tree (nothing may be left after a test)."""
+    """Processes running a binary of the scratch tree (the installed daemon): none may be left after a
+    test. (Dovecot's and supervisord's processes are stopped by session; see _stop_session.)"""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():

@@ -11,6 +11,7 @@ the script wrote under a real supervisord with the program file the script wrote
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -39,9 +40,7 @@ def _need(problem: str | None) -> None:
 
 
 def _supervisor_problem() -> str | None:
-    try:
-        import supervisor  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("supervisor") is None:
         return "PyPI package supervisor is not installed (pip install supervisor)"
     return None
 
