@@ -29,11 +29,13 @@
 #   2. writes the daemon's settings /etc/dovecot/dovecot-oauth2.conf.ext from the same OAUTH2_<KEY>
 #      variables as on v15 (DMS edge itself only applies OAUTH2_INTROSPECTION_URL), with a random
 #      credential for Dovecot (kept in /etc/dovecot/dovecot-oauth2d.secret, made once per container),
+#      after the daemon's own check of them (`dovecot-oauth2d -t`),
 #   3. replaces /etc/dovecot/conf.d/auth-oauth2.conf.ext by one whose `oauth2 {}` block asks the daemon
 #      (introspection_mode = post on 127.0.0.1), keeping DMS's original as *.dms-orig,
-#   4. checks the result with `doveconf -n`,
+#   4. checks the result with `doveconf -n -P` (-n alone hides the URL's password),
 #   5. adds the daemon to DMS's supervisord (/etc/supervisor/conf.d/dovecot-oauth2d.conf, user dovecot,
-#      log /var/log/mail/dovecot-oauth2d.log) and starts it when supervisord is running.
+#      log /var/log/mail/dovecot-oauth2d.log, started with supervisord on later container starts) and
+#      starts it when supervisord is running; a daemon that does not start undoes the switch.
 #
 # On any problem it puts DMS's original files back, says why (lines prefixed [dovecot-oauth2]) and
 # leaves DMS's own oauth2 configuration running; with DOVECOT_OAUTH2_STRICT=1 it then exits 1 as well.
@@ -120,7 +122,10 @@ restore_originals() {
   done
   # Dovecot 2.4: DMS has no settings file of its own; the daemon's program goes with the switch.
   [[ -f ${SETTINGS} && ! -f ${SETTINGS}${ORIG_SUFFIX} ]] && grep -qF "${MARKER}" "${SETTINGS}" && rm -f "${SETTINGS}"
-  rm -f "${SUPERVISOR_PROGRAM}"
+  if [[ -f ${SUPERVISOR_PROGRAM} ]]; then
+    rm -f "${SUPERVISOR_PROGRAM}"
+    stop_daemon
+  fi
   rm -f "${DROPIN_CONF}"
   local out
   if out=$(doveconf -c "${DOVECOT_CONF}" -n 2>&1 >/dev/null); then
@@ -179,6 +184,42 @@ check_module() {
     }
   fi
   return 0
+}
+
+# check_daemon FILE: an ELF executable (position-independent or not) for this machine's architecture,
+# whose libraries (glibc version included) resolve; a static one has none to resolve.
+check_daemon() {
+  local bin=$1 hdr want
+  [[ -r ${bin} ]] || { echo "${bin} is not readable"; return 1; }
+  hdr=$(od -An -tx1 -N20 "${bin}" 2>/dev/null | tr -d ' \n')
+  [[ ${hdr:0:8} == 7f454c46 ]] || { echo "${bin} is not an ELF file"; return 1; }
+  [[ ${hdr:32:4} == 0200 || ${hdr:32:4} == 0300 ]] || { echo "${bin} is not an executable (ELF type ${hdr:32:4})"; return 1; }
+  case "$(uname -m)" in
+    x86_64) want=3e00 ;;
+    aarch64 | arm64) want=b700 ;;
+    armv7l | armv6l) want=2800 ;;
+    *) want='' ;;
+  esac
+  if [[ -n ${want} && ${hdr:36:4} != "${want}" ]]; then
+    echo "${bin} is built for another CPU architecture (ELF machine ${hdr:36:4}, this is $(uname -m))"
+    return 1
+  fi
+  if command -v ldd >/dev/null 2>&1; then
+    local out
+    out=$(ldd "${bin}" 2>&1 | grep -E 'not found') && {
+      echo "${bin} does not run here (build it on Debian 12 or 13): ${out//$'\n'/; }"
+      return 1
+    }
+  fi
+  return 0
+}
+
+# mask_secret SECRET: copies stdin to stdout with SECRET replaced (for messages that quote Dovecot's output).
+mask_secret() {
+  local secret=$1 text
+  text=$(cat)
+  [[ -n ${secret} ]] && text=${text//"${secret}"/<secret>}
+  printf '%s' "${text}"
 }
 
 # is_known_key KEY
@@ -467,23 +508,28 @@ oauth2 {
   introspection_mode = post
   introspection_url = http://dovecot:${secret}@${listen}/introspect
   username_attribute = username
+  # 2.4.1 compares the reply's username with the login user case-sensitively; DMS lowercases the
+  # login (auth_username_format), so fold the reply too, as Dovecot 2.3 did on both sides.
+  username_validation_format = %{user | lower}
   active_attribute = active
   active_value = true
 }
 EOF
 }
 
+# autostart=true: a restarted container (whose files stay switched) has supervisord start the daemon
+# itself; Dovecot would otherwise ask a daemon that is not there.
 supervisor_program_text() {
   cat << EOF
 ; ${MARKER}
 [program:dovecot-oauth2d]
 startsecs=1
 stopwaitsecs=30
-autostart=false
+autostart=true
 autorestart=true
 user=${DAEMON_USER}
+redirect_stderr=true
 stdout_logfile=/var/log/mail/%(program_name)s.log
-stderr_logfile=/var/log/mail/%(program_name)s.log
 command=${RT_DAEMON} -c ${RT_SETTINGS}
 EOF
 }
@@ -506,7 +552,7 @@ EOF
 # start_daemon: (re)starts the daemon's supervisord program when supervisord runs (it does in DMS: this
 # script is run by start-mailserver.sh, itself a supervisord program).
 start_daemon() {
-  if ! command -v supervisorctl > /dev/null 2>&1 || ! supervisorctl pid > /dev/null 2>&1; then
+  if ! supervisord_running; then
     log "supervisord is not running: start the daemon with '${RT_DAEMON} -c ${RT_SETTINGS}'"
     return 0
   fi
@@ -521,7 +567,49 @@ start_daemon() {
     fi
     sleep 1
   done
-  err "dovecot-oauth2d did not start: see /var/log/mail/dovecot-oauth2d.log"
+  echo "dovecot-oauth2d did not start under supervisord: see /var/log/mail/dovecot-oauth2d.log"
+  return 1
+}
+
+supervisord_running() {
+  command -v supervisorctl > /dev/null 2>&1 && supervisorctl pid > /dev/null 2>&1
+}
+
+# stop_daemon: takes the daemon's program out of a running supervisord (its file is gone or going).
+stop_daemon() {
+  supervisord_running || return 0
+  supervisorctl stop dovecot-oauth2d > /dev/null 2>&1
+  supervisorctl remove dovecot-oauth2d > /dev/null 2>&1
+  return 0
+}
+
+# daemon_check DAEMON: the daemon's own check (-t) of the staged settings, reading the staged secret;
+# gives up with its errors, passes its warnings on.
+daemon_check() {
+  local daemon=$1 line lines=()
+  sed "s|^listen_client_secret = <.*|listen_client_secret = <${STAGE}/secret|" "${STAGE}/settings" \
+    > "${STAGE}/settings.check" && chmod 0600 "${STAGE}/settings.check" "${STAGE}/secret" \
+    || give_up "cannot stage the settings for dovecot-oauth2d's check"
+  # run from an executable copy next to where it goes (the config volume's copy may lack +x, and /tmp
+  # may be mounted noexec)
+  local bin rc=0
+  bin="$(dirname "${DAEMON}")/.dovecot-oauth2d.check.$$"
+  mkdir -p "$(dirname "${DAEMON}")" && install -m 0700 "${daemon}" "${bin}" \
+    || give_up "cannot copy ${daemon#"${DMS_ROOT}"} to run its check"
+  "${bin}" -t -c "${STAGE}/settings.check" > "${STAGE}/check.out" 2>&1 || rc=$?
+  rm -f "${bin}"
+  while IFS= read -r line; do
+    line=${line#* dovecot-oauth2d: }
+    line=${line//"${STAGE}/settings.check"/${RT_SETTINGS}}
+    case "${line}" in
+      error:*) lines+=("dovecot-oauth2d -t: ${line#error: }") ;;
+      warning:*) log "dovecot-oauth2d -t: ${line}" ;;
+    esac
+  done < "${STAGE}/check.out"
+  if ((rc != 0)); then
+    ((${#lines[@]} > 0)) || lines=("dovecot-oauth2d -t -c ${RT_SETTINGS} failed (exit ${rc}): $(head -c 500 "${STAGE}/check.out" | tr '\n' ' ')")
+    give_up "${lines[@]}"
+  fi
 }
 
 main_24() {
@@ -536,9 +624,9 @@ main_24() {
   elif [[ -f ${DAEMON} ]]; then
     daemon_src="${DAEMON}"
   else
-    give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
+    give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 12 or 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
   fi
-  why=$(check_module "${daemon_src}") || give_up "${why}"
+  why=$(check_daemon "${daemon_src}") || give_up "${why}"
 
   # --- DMS's original: the current file, or the copy an earlier run kept
   local orig_passdb="${PASSDB_CONF}"
@@ -568,6 +656,7 @@ main_24() {
     [[ ${secret} =~ ^[0-9a-f]{48}$ ]] || give_up "cannot make a random secret"
   fi
   printf '%s\n' "${secret}" > "${STAGE}/secret" || give_up "cannot stage the secret"
+  daemon_check "${daemon_src}"
   oauth2_block_text "${listen}" "${secret}" > "${STAGE}/passdb" || give_up "cannot write the staged oauth2 block"
   DAEMON_USER=root
   getent passwd dovecot > /dev/null 2>&1 && DAEMON_USER=dovecot
@@ -588,18 +677,20 @@ main_24() {
   install_file "${STAGE}/passdb" "${PASSDB_CONF}" 0640 "${group}" \
     || give_up "cannot write ${PASSDB_CONF#"${DMS_ROOT}"}"
 
-  # --- check what Dovecot will run
+  # --- check what Dovecot will run. doveconf -n hides the URL's password (http://#hidden_use-P_to_show#@...):
+  # -P shows it; the output stays in this variable, and the secret is masked in what is printed.
   local out
-  out=$(doveconf -c "${DOVECOT_CONF}" -n 2> "${STAGE}/doveconf.err") \
-    || give_up "doveconf rejects the configuration: $(tr '\n' ' ' < "${STAGE}/doveconf.err")"
-  grep -qF "introspection_url = http://dovecot:${secret}@${listen}/introspect" <<< "${out}" \
+  out=$(doveconf -c "${DOVECOT_CONF}" -n -P 2> "${STAGE}/doveconf.err") \
+    || give_up "doveconf rejects the configuration: $(tr '\n' ' ' < "${STAGE}/doveconf.err" | mask_secret "${secret}")"
+  grep -qxF "  introspection_url = http://dovecot:${secret}@${listen}/introspect" <<< "${out}" \
     || give_up "the daemon's oauth2 block is not in Dovecot's configuration: is '!include auth-oauth2.conf.ext' enabled in conf.d/10-auth.conf (DMS does that for ENABLE_OAUTH2=1)?"
 
   # --- run the daemon under DMS's supervisord
   install_file "${STAGE}/program" "${SUPERVISOR_PROGRAM}" 0644 \
     || give_up "cannot write ${SUPERVISOR_PROGRAM#"${DMS_ROOT}"}"
   mkdir -p "${DMS_ROOT}/var/log/mail"
-  start_daemon
+  why=$(start_daemon) || give_up "${why}"
+  [[ -n ${why} ]] && printf '%s\n' "${why}"
 
   log "switched Dovecot ${version}'s oauth2 client to dovecot-oauth2d on ${listen} (daemon ${RT_DAEMON} from ${daemon_src#"${DMS_ROOT}"}, settings ${RT_SETTINGS}); doveconf: ok"
   log "roll back: restore ${PASSDB_CONF#"${DMS_ROOT}"}${ORIG_SUFFIX}, or remove this script and recreate the container"
