@@ -22,6 +22,7 @@ example.test (the provider's users), localhost by 127.0.0.1 and the test's IMAP 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -326,3 +327,14 @@ def test_a_token_of_a_user_without_a_mail_account_gets_no_mailbox(installed, liv
     # the token is good, the login is not: Dovecot answers NO [UNAVAILABLE] (without TLS) or hangs up
     assert not ok and ("UNAVAILABLE" in text or "EOF" in text), text
     assert "carol@example.test" in installed.wait_log(0, "user not found from any userdbs")
+
+
+def test_pristine_files_come_from_the_installed_packages_when_the_local_copy_differs():
+    # pristine.py reads a package's file in place only when dpkg's checksum says it is unchanged;
+    # otherwise (forced here) from the .deb of the installed version, fetched with apt-get download.
+    for pkg, path in (("dovecot-core", "/usr/share/dovecot/conf.d/10-auth.conf"),
+                      ("postfix", "/etc/postfix/postfix-files")):
+        fetched = pristine.package_file(pkg, path, force_download=True)
+        assert fetched != path and fetched.endswith(path), fetched
+        with open(fetched, "rb") as f:
+            assert hashlib.md5(f.read()).hexdigest() == pristine._checksums(pkg)[path]
