@@ -6,15 +6,22 @@
 //! built, on a worker's first login. This file is the one place where verdicts become Dovecot's
 //! PASSDB_RESULT_* codes. What it logs is built escaped by the engine (outcome lines and warnings,
 //! error messages); only the settings warnings are escaped here.
+//!
+//! Log levels: Dovecot drops a request's info lines unless `auth_verbose = yes` (Debian's default is
+//! no), so a refusal newly decided is a warning, which every verbosity shows; a refusal answered from
+//! the negative cache (the same token, already reported) and those over the warning budget are info.
 
+use crate::cache::Source;
 use crate::engine::Engine;
 use crate::errors::{Unavailable, Verdict};
 use crate::escape::shown_reason;
 use mlua::prelude::*;
 use mlua::ObjectLike;
 use once_cell::sync::OnceCell;
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 struct Validator {
     path: PathBuf,
@@ -22,6 +29,42 @@ struct Validator {
     engine: OnceCell<Engine>,
     /// Dovecot's result codes, read once (they do not change within a Lua state).
     codes: OnceCell<Codes>,
+    warnings: RefCell<WarningBudget>,
+}
+
+/// Refusal warnings per auth-worker: a burst of `WARNING_BURST`, then one every `WARNING_REFILL` (20 a
+/// minute), so a password-guessing run with made-up tokens cannot flood a log that Dovecot keeps quiet
+/// at its default verbosity. Refusals over the budget are still logged at info level.
+struct WarningBudget {
+    available: u32,
+    refilled_at: Instant,
+    /// Refusals logged at info level only since the last warning.
+    held_back: u64,
+}
+
+const WARNING_BURST: u32 = 20;
+const WARNING_REFILL: Duration = Duration::from_secs(3);
+
+impl WarningBudget {
+    fn new(now: Instant) -> WarningBudget {
+        WarningBudget { available: WARNING_BURST, refilled_at: now, held_back: 0 }
+    }
+
+    /// Some(refusals held back before this one) when this refusal may be a warning.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let gained = now.saturating_duration_since(self.refilled_at).as_secs() / WARNING_REFILL.as_secs();
+        if gained > 0 {
+            self.available = WARNING_BURST.min(self.available.saturating_add(gained.min(u32::MAX as u64) as u32));
+            self.refilled_at =
+                if self.available == WARNING_BURST { now } else { self.refilled_at + WARNING_REFILL * gained as u32 };
+        }
+        if self.available == 0 {
+            self.held_back += 1;
+            return None;
+        }
+        self.available -= 1;
+        Some(std::mem::take(&mut self.held_back))
+    }
 }
 
 /// Dovecot's result codes, read from the `dovecot.auth` table it gives the script.
@@ -113,7 +156,12 @@ impl Validator {
             req_log(&req, "log_warning", &format!("dovecot-oauth2: {w}"))?;
         }
         if let Some(line) = self.engine.get().and_then(|e| e.authenticator().stats_due_line()) {
-            req_log(&req, "log_info", &line)?;
+            // About the process, not this login: Dovecot's process-level info line, which auth_verbose
+            // does not filter (the request's log_info where the script API lacks it).
+            match lua.globals().get::<LuaTable>("dovecot")?.get::<Option<LuaFunction>>("i_info")? {
+                Some(i_info) => i_info.call::<()>(line)?,
+                None => req_log(&req, "log_info", &line)?,
+            }
         }
         let debug = self.engine.get().is_some_and(|e| e.settings().debug);
         match &outcome.verdict {
@@ -134,7 +182,20 @@ impl Validator {
             }
             Verdict::Reject(_) => {
                 let line = outcome.log_line().unwrap_or_default();
-                req_log(&req, "log_info", &line)?;
+                let cached = matches!(outcome.source, Some(Source::Cache));
+                match if cached { None } else { self.warnings.borrow_mut().take(Instant::now()) } {
+                    Some(held_back) => {
+                        if held_back > 0 {
+                            let note = format!(
+                                "dovecot-oauth2: {held_back} refusals before this one were logged at info level only \
+                                 (more than {WARNING_BURST} a minute; auth_verbose = yes shows them)"
+                            );
+                            req_log(&req, "log_warning", &note)?;
+                        }
+                        req_log(&req, "log_warning", &line)?;
+                    }
+                    None => req_log(&req, "log_info", &line)?,
+                }
                 Ok((codes.mismatch, LuaValue::String(lua.create_string("invalid token")?)))
             }
             Verdict::TempFail(_) => {
@@ -234,7 +295,12 @@ fn dovecot_oauth2(lua: &Lua) -> LuaResult<LuaTable> {
     module.set(
         "new",
         lua.create_function(|_, path: String| {
-            Ok(Validator { path: PathBuf::from(path), engine: OnceCell::new(), codes: OnceCell::new() })
+            Ok(Validator {
+                path: PathBuf::from(path),
+                engine: OnceCell::new(),
+                codes: OnceCell::new(),
+                warnings: RefCell::new(WarningBudget::new(Instant::now())),
+            })
         })?,
     )?;
     module.set("version", env!("CARGO_PKG_VERSION"))?;

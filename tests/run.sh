@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: the engine's unit tests, then the end-to-end suite (real oidc-provider, real
-# Dovecot 2.3 with the built module, real Postfix submission) on loopback.
+# Dovecot 2.3 with the built module, real Postfix submission) on loopback. Installs what is missing
+# first (tests/setup.sh, quick when everything is there). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash tests/setup.sh
 echo "== unit tests (cargo test)"
 cargo test --no-default-features
 echo "== building the module (cargo build --release)"

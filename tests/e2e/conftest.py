@@ -41,6 +41,51 @@ SECRETS = ["dovecot-secret", "mail-client-secret", "dovecot-grant-secret"]
 PASSWORDS_SENT: list[str] = []
 
 
+# --- the machine's own mail servers are left as they were -------------------------------------------
+
+SYSTEM_MASTERS = {  # name: (pid file, executable of the master process)
+    "dovecot": ("/run/dovecot/master.pid", "/usr/sbin/dovecot"),
+    "postfix": ("/var/spool/postfix/pid/master.pid", "/usr/lib/postfix/sbin/master"),
+}
+SYSTEM_CONFIG = ("/etc/dovecot", "/etc/postfix")
+
+
+def system_mail_state() -> dict:
+    """The system Dovecot's and Postfix's master process (pid, or None when not running) and every file
+    of /etc/dovecot and /etc/postfix (content, mode, owner)."""
+    from dms_root import snapshot
+
+    state: dict = {}
+    for name, (pidfile, exe) in SYSTEM_MASTERS.items():
+        pid = None
+        try:
+            with open(pidfile) as f:
+                candidate = int(f.read().split()[0])
+            if os.readlink(f"/proc/{candidate}/exe") == exe:
+                pid = candidate
+        except (OSError, ValueError, IndexError):
+            pass
+        state[name] = pid
+    for d in SYSTEM_CONFIG:
+        state[d] = snapshot(d) if os.path.isdir(d) else None
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def system_mail_servers_left_alone():
+    """The suite never stops, starts or reconfigures the machine's Dovecot or Postfix (CI starts the
+    system Dovecot before the suite, so that this is checked against a running one)."""
+    before = system_mail_state()
+    yield
+    after = system_mail_state()
+    changed = [k for k in before if k in SYSTEM_MASTERS and before[k] != after[k]]
+    for d in SYSTEM_CONFIG:
+        b, a = before[d] or {}, after[d] or {}
+        changed += [f"{d}/{rel}" for rel in sorted(set(b) | set(a)) if b.get(rel) != a.get(rel)]
+    assert not changed, f"the suite changed the machine's mail servers: {changed} (before: " \
+                        f"dovecot={before['dovecot']} postfix={before['postfix']})"
+
+
 @pytest.fixture(scope="session")
 def workroot():
     d = tempfile.mkdtemp(prefix="o2e2e-", dir="/tmp")

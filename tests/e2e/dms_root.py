@@ -2,12 +2,12 @@
 
 build_tree(root, ...) lays out, under `root`, what the DMS image has at startup when the daemons are
 about to start (right where DMS runs user-patches.sh):
-  * /etc/dovecot: Debian 12's stock dovecot-core configuration (a copy of this machine's, which
-    `dpkg -V` shows unmodified) with ../shared/dms-v15.1.0/dovecot laid over it at the documented
-    places, and DMS's ENABLE_OAUTH2=1 startup edits: `!include auth-oauth2.conf.ext` uncommented in
+  * /etc/dovecot: Debian 12's stock configuration of the installed dovecot packages, from the packages'
+    pristine files (pristine.py; never the machine's live /etc/dovecot), with
+    tests/fixtures/dms-v15.1.0/dovecot laid over it at the documented places, and DMS's ENABLE_OAUTH2=1 startup edits: `!include auth-oauth2.conf.ext` uncommented in
     10-auth.conf, existing keys of dovecot-oauth2.conf.ext set from OAUTH2_* (keys the file lacks are not
     added, as DMS does); accounts in /etc/dovecot/userdb (`LOGIN:{SHA512-CRYPT}HASH:5000:5000::...`);
-  * /etc/postfix: Debian's stock Postfix files with DMS's main.cf and master.cf, plus the maps DMS
+  * /etc/postfix: Debian's stock Postfix files (pristine.py) with DMS's main.cf and master.cf, plus the maps DMS
     writes at startup (vhost, virtual, maps/*.pcre) and dhparams.pem;
   * the docker user and group (5000), /var/mail/DOMAIN/USER, /usr/lib/dovecot/modules/auth/
     libauthdb_lua.so (a link to the real one, as the dovecot-auth-lua package installs it);
@@ -28,6 +28,7 @@ commented out) and maillog_file = /var/log/mail/mail.log. DMS's own files are ot
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import signal
@@ -35,11 +36,12 @@ import subprocess
 import time
 
 import mailstack
+import pristine
 from mailstack import HOST, MailStack, _free_ports, _port_open, _proc_stat, _session_pids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-DMS_FILES = os.path.join(os.path.dirname(REPO), "shared", "dms-v15.1.0")
+DMS_FILES = os.path.join(REPO, "tests", "fixtures", "dms-v15.1.0")
 USER_PATCHES = os.path.join(REPO, "docker", "user-patches.sh")
 LUA_SCRIPT = os.path.join(REPO, "lua", "dovecot-oauth2.lua")
 
@@ -87,7 +89,7 @@ def build_tree(root: str, *, module: str | None, env: dict[str, str], imap_port:
     j = lambda *p: os.path.join(root, *p)  # noqa: E731
 
     # --- Dovecot: Debian 12 stock + DMS's files
-    shutil.copytree("/etc/dovecot", j("etc/dovecot"), symlinks=True)
+    pristine.pristine_dovecot_etc(j("etc/dovecot"))
     for name in os.listdir(os.path.join(DMS_FILES, "dovecot")):
         src = os.path.join(DMS_FILES, "dovecot", name)
         if name in ("dovecot-oauth2.conf.ext", "dovecot-ldap.conf.ext"):
@@ -96,7 +98,7 @@ def build_tree(root: str, *, module: str | None, env: dict[str, str], imap_port:
             dst = j("etc/dovecot/conf.d", name)
         shutil.copyfile(src, dst)
         os.chmod(dst, 0o644)
-    shutil.copyfile("/usr/share/dovecot/dh.pem", j("etc/dovecot/dh.pem"))
+    shutil.copyfile(pristine.package_file("dovecot-core", "/usr/share/dovecot/dh.pem"), j("etc/dovecot/dh.pem"))
     with open(j("etc/dovecot/userdb"), "w") as f:
         for login, pw in ACCOUNTS.items():
             user, domain = login.split("@")
@@ -123,7 +125,7 @@ service imap-login {{
 """)
 
     # --- Postfix: Debian 12 stock + DMS's main.cf / master.cf + the maps DMS writes
-    shutil.copytree("/etc/postfix", j("etc/postfix"), symlinks=True)
+    pristine.pristine_postfix_etc(j("etc/postfix"))
     for name in ("main.cf", "master.cf"):
         shutil.copyfile(os.path.join(DMS_FILES, "postfix", name), j("etc/postfix", name))
     os.makedirs(j("etc/postfix/maps"), exist_ok=True)
@@ -132,7 +134,7 @@ service imap-login {{
     with open(j("etc/postfix/vhost"), "w") as f:
         f.write(DOMAIN + "\n")
     open(j("etc/postfix/virtual"), "w").close()
-    shutil.copyfile("/usr/share/dovecot/dh.pem", j("etc/postfix/dhparams.pem"))
+    shutil.copyfile(pristine.package_file("dovecot-core", "/usr/share/dovecot/dh.pem"), j("etc/postfix/dhparams.pem"))
     master = open(j("etc/postfix/master.cf")).read().splitlines()
     out = []
     for ln in master:
@@ -173,6 +175,9 @@ service imap-login {{
               "usr/local/lib", "usr/local/bin", "usr/local/share", "tmp/docker-mailserver"):
         os.makedirs(j(d), exist_ok=True)
         os.chmod(j(d), 0o755)
+    # as the postfix package installs it (Postfix's data_directory, where master.lock lives)
+    postfix_ids = (mailstack._uid("postfix"), grp.getgrnam("postfix").gr_gid)
+    os.chown(j("var/lib/postfix"), *postfix_ids)
     os.makedirs(j("dev/shm"), exist_ok=True)
     os.chmod(j("dev/shm"), 0o1777)
     os.makedirs(j("usr/lib/dovecot/modules/auth"), exist_ok=True)
@@ -254,7 +259,6 @@ class DmsStack:
         mounts = "\n".join(f'mount --bind "{self.root}{p}" "{p}"' for p in BINDS)
         script = f"""set -e
 {mounts}
-postfix set-permissions >/dev/null 2>&1 || true
 postfix start
 exec /usr/sbin/dovecot -F -c /etc/dovecot/dovecot.conf
 """
