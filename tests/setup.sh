@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a Debian 12 machine (run as root): Dovecot 2.3 (imapd,
-# pop3d, submissiond, auth-lua), Postfix, curl, openssl, Node's oidc-provider (the test identity
-# provider), pytest. Quick when everything is there (tests/run.sh calls it every time).
+# pop3d, submissiond, auth-lua), Postfix, curl, openssl, systemd-analyze (checks the README's unit),
+# Node's oidc-provider (the test identity provider), pytest and supervisor (DMS edge runs the daemon
+# under supervisord) for the python3 on PATH, and Debian 13's Dovecot 2.4.1 in a chroot
+# (tests/trixie.sh). Quick when everything is there (tests/run.sh calls it every time).
 #
 # It never stops, starts or reconfigures the machine's Dovecot or Postfix, nor edits /etc/dovecot or
 # /etc/postfix: the tests and the demo run private instances from a temporary directory. Packages it
@@ -12,10 +14,22 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (the tests run private Dovecot and Postfix instances)" >&2; exit 1; }
 
 need_apt=()
-for pkg in dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-auth-lua postfix curl ca-certificates openssl; do
+for pkg in dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-auth-lua postfix curl ca-certificates openssl systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
-python3 -c 'import pytest' 2>/dev/null || need_apt+=(python3-pytest)
+# pytest and supervisor for the python3 the tests run with (pyenv's or Debian's): pip where that
+# python3 has it, else Debian's packages (which serve Debian's python3), installed with the others.
+need_py=()
+python3 -c 'import pytest' 2>/dev/null || need_py+=(pytest)
+python3 -c 'import supervisor' 2>/dev/null || need_py+=(supervisor)
+if ((${#need_py[@]})); then
+  if python3 -m pip --version >/dev/null 2>&1; then
+    echo "setup: pip install ${need_py[*]}"
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages "${need_py[@]}"
+  else
+    need_apt+=(python3-pytest supervisor)
+  fi
+fi
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} (apt-get; their services are not started)"
   # Postfix asks questions at install time; answer them up front.
@@ -32,6 +46,9 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   if [ -e "$policy" ] && grep -q "tests/setup.sh" "$policy"; then rm -f "$policy"; trap - EXIT; fi
 fi
+
+# Dovecot 2.4.1 (Debian 13's packages) in a chroot, for the Dovecot 2.4 / DMS edge tests.
+bash tests/trixie.sh
 
 command -v node >/dev/null && node -e 'process.exit(parseInt(process.versions.node) >= 20 ? 0 : 1)' || {
   echo "setup: Node.js 20 or later is required (for oidc-provider, the test identity provider)" >&2; exit 1; }
