@@ -244,20 +244,6 @@ def test_failed_doveconf_check_restores_dms_files(fresh_tree, idp):
     assert not [k for k in after if k.endswith(".dms-orig")]
 
 
-def test_dovecot_24_is_refused(fresh_tree, idp, workroot):
-    root = fresh_tree("dovecot24")
-    before = snapshot(root)
-    fake = tempfile.mkdtemp(prefix="fake-dovecot24-", dir=workroot)
-    with open(os.path.join(fake, "dovecot"), "w") as f:
-        f.write("#!/bin/sh\necho '2.4.1-4 (7d8c0e5759)'\n")
-    os.chmod(os.path.join(fake, "dovecot"), 0o755)
-    p = run_user_patches(root, _env(idp), path_prefix=fake)
-    assert p.returncode == 0
-    assert "Dovecot 2.4.1-4 found; dovecot-oauth2 needs Dovecot 2.3" in p.stderr, p.stderr
-    assert "no longer hands them to a passdb" in p.stderr
-    assert snapshot(root) == before
-
-
 def test_known_keys_in_script_match_src_config():
     """user-patches.sh refuses keys the module does not know; its list must be the module's."""
     src = open(os.path.join(dms_root.REPO, "src", "config.rs")).read()

@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 import pytest
 
 from conftest import BUILT_MODULE, ISSUED_TOKENS, LUA_SCRIPT, PASSWORDS_SENT
 
-try:
-    import dovecot24
-except ImportError:  # the harness lives on its own branch until it is merged
-    _D24 = "/work/wt/d24/tests/e2e"
-    if not os.path.isfile(os.path.join(_D24, "dovecot24.py")):
-        pytest.skip("the Dovecot 2.4 harness (tests/e2e/dovecot24.py) is not here", allow_module_level=True)
-    sys.path.append(_D24)
-    import dovecot24
+import dovecot24
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 POSTMASTER = "postmaster@example.test"  # local passwd-file account the IdP does not know
