@@ -15,6 +15,8 @@ use crate::cache::Source;
 use crate::engine::Engine;
 use crate::errors::{Unavailable, Verdict};
 use crate::escape::shown_reason;
+use crate::lookup::Outcome;
+use crate::password::PasswordOutcome;
 use mlua::prelude::*;
 use mlua::ObjectLike;
 use once_cell::sync::OnceCell;
@@ -140,11 +142,37 @@ impl Validator {
         let codes = *self.codes.get_or_try_init(|| Codes::read(lua))?;
         let user = req_get_string(&req, "user")?;
         let token = token.as_bytes();
-        let outcome = match self.engine(&req) {
-            Ok(engine) => catch_unwind(AssertUnwindSafe(|| engine.verify(&user, &token)))
-                .map_err(|p| Unavailable::Internal(format!("panic: {}", panic_text(p)))),
-            Err(e) => Err(e),
-        };
+        let outcome = self.run(&req, |engine| engine.verify(&user, &token));
+        self.answer(lua, &req, codes, &user, outcome, Shape::Token)
+    }
+
+    /// A PLAIN/LOGIN password (issue 12), answered in the shape Dovecot 2.3 and 2.4 both accept.
+    fn verify_password(&self, lua: &Lua, req: LuaValue, password: LuaString) -> LuaResult<(i64, LuaValue)> {
+        let codes = *self.codes.get_or_try_init(|| Codes::read(lua))?;
+        let user = req_get_string(&req, "user")?;
+        // Borrowed from Lua's string: the module keeps no copy beyond the provider request.
+        let password = password.as_bytes();
+        let outcome = self.run(&req, |engine| engine.verify_password(&user, &password));
+        self.answer(lua, &req, codes, &user, outcome, Shape::Password)
+    }
+
+    /// One login on the engine (built on first use); a panic is a temporary failure, never Dovecot's.
+    fn run<O>(&self, req: &LuaValue, login: impl FnOnce(&Engine) -> O) -> Result<O, Unavailable> {
+        let engine = self.engine(req)?;
+        catch_unwind(AssertUnwindSafe(|| login(engine)))
+            .map_err(|p| Unavailable::Internal(format!("panic: {}", panic_text(p))))
+    }
+
+    /// The one place where an outcome becomes what `auth_password_verify` returns, and its log lines.
+    fn answer(
+        &self,
+        lua: &Lua,
+        req: &LuaValue,
+        codes: Codes,
+        user: &str,
+        outcome: Result<impl Answered, Unavailable>,
+        shape: Shape,
+    ) -> LuaResult<(i64, LuaValue)> {
         let outcome = match outcome {
             Ok(o) => o,
             Err(u) => {
@@ -152,37 +180,38 @@ impl Validator {
                 return Ok((codes.internal, LuaValue::String(lua.create_string(&msg)?)));
             }
         };
-        for w in &outcome.warnings {
-            req_log(&req, "log_warning", &format!("dovecot-oauth2: {w}"))?;
+        for w in outcome.warnings() {
+            req_log(req, "log_warning", &format!("dovecot-oauth2: {w}"))?;
         }
         if let Some(line) = self.engine.get().and_then(|e| e.authenticator().stats_due_line()) {
             // About the process, not this login: Dovecot's process-level info line, which auth_verbose
             // does not filter (the request's log_info where the script API lacks it).
             match lua.globals().get::<LuaTable>("dovecot")?.get::<Option<LuaFunction>>("i_info")? {
                 Some(i_info) => i_info.call::<()>(line)?,
-                None => req_log(&req, "log_info", &line)?,
+                None => req_log(req, "log_info", &line)?,
             }
         }
         let debug = self.engine.get().is_some_and(|e| e.settings().debug);
-        match &outcome.verdict {
+        match outcome.verdict() {
             Verdict::Accept(fields) => {
                 if debug {
-                    req_log(&req, "log_info", &outcome.accept_line(&user))?;
+                    req_log(req, "log_info", &outcome.accept_line(user))?;
                 }
-                if fields.is_empty() {
-                    // Nothing to export: a string is what Dovecot reads fastest, and makes no table.
+                // Nothing to export: a string is what Dovecot reads fastest, and makes no table. Dovecot
+                // 2.4 refuses a string on success, and passwords reach this module there too.
+                if fields.is_empty() && shape == Shape::Token {
                     return Ok((codes.ok, LuaValue::String(lua.create_string("")?)));
                 }
                 let t = lua.create_table_with_capacity(0, fields.len())?;
                 for (k, v) in fields {
-                    let v = if v.contains('%') { req_var_expand(&req, v)? } else { v.clone() };
+                    let v = if v.contains('%') { req_var_expand(req, v)? } else { v.clone() };
                     t.set(k.as_str(), v)?;
                 }
                 Ok((codes.ok, LuaValue::Table(t)))
             }
             Verdict::Reject(_) => {
                 let line = outcome.log_line().unwrap_or_default();
-                let cached = matches!(outcome.source, Some(Source::Cache));
+                let cached = matches!(outcome.source(), Some(Source::Cache));
                 match if cached { None } else { self.warnings.borrow_mut().take(Instant::now()) } {
                     Some(held_back) => {
                         if held_back > 0 {
@@ -190,13 +219,14 @@ impl Validator {
                                 "dovecot-oauth2: {held_back} refusals before this one were logged at info level only \
                                  (more than {WARNING_BURST} a minute; auth_verbose = yes shows them)"
                             );
-                            req_log(&req, "log_warning", &note)?;
+                            req_log(req, "log_warning", &note)?;
                         }
-                        req_log(&req, "log_warning", &line)?;
+                        req_log(req, "log_warning", &line)?;
                     }
-                    None => req_log(&req, "log_info", &line)?,
+                    None => req_log(req, "log_info", &line)?,
                 }
-                Ok((codes.mismatch, LuaValue::String(lua.create_string("invalid token")?)))
+                let refused = if shape == Shape::Token { "invalid token" } else { "invalid credentials" };
+                Ok((codes.mismatch, LuaValue::String(lua.create_string(refused)?)))
             }
             Verdict::TempFail(_) => {
                 // Dovecot logs an INTERNAL_FAILURE's message itself ("passdb-lua: ..."): logged once.
@@ -205,56 +235,46 @@ impl Validator {
             }
         }
     }
+}
 
-    /// A PLAIN/LOGIN password (issue 12). Answers in the shape both Dovecot 2.3 and 2.4 accept from
-    /// `auth_password_verify`: a table on success (2.4 refuses a string there), a string otherwise.
-    fn verify_password(&self, lua: &Lua, req: LuaValue, password: LuaString) -> LuaResult<(i64, LuaValue)> {
-        let codes = *self.codes.get_or_try_init(|| Codes::read(lua))?;
-        let user = req_get_string(&req, "user")?;
-        // Borrowed from Lua's string: the module keeps no copy beyond the provider request.
-        let password = password.as_bytes();
-        let outcome = match self.engine(&req) {
-            Ok(engine) => catch_unwind(AssertUnwindSafe(|| engine.verify_password(&user, &password)))
-                .map_err(|p| Unavailable::Internal(format!("panic: {}", panic_text(p)))),
-            Err(e) => Err(e),
-        };
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(u) => {
-                let msg = format!("dovecot-oauth2: temporary failure: {u}");
-                return Ok((codes.internal, LuaValue::String(lua.create_string(&msg)?)));
+/// What the answer needs of a token login's or a password login's outcome.
+trait Answered {
+    fn verdict(&self) -> &Verdict;
+    fn source(&self) -> Option<Source>;
+    fn warnings(&self) -> &[String];
+    fn log_line(&self) -> Option<String>;
+    fn accept_line(&self, user: &str) -> String;
+}
+
+macro_rules! answered {
+    ($t:ty) => {
+        impl Answered for $t {
+            fn verdict(&self) -> &Verdict {
+                &self.verdict
             }
-        };
-        for w in &outcome.warnings {
-            req_log(&req, "log_warning", &format!("dovecot-oauth2: {w}"))?;
-        }
-        if let Some(line) = self.engine.get().and_then(|e| e.authenticator().stats_due_line()) {
-            req_log(&req, "log_info", &line)?;
-        }
-        let debug = self.engine.get().is_some_and(|e| e.settings().debug);
-        match &outcome.verdict {
-            Verdict::Accept(fields) => {
-                if debug {
-                    req_log(&req, "log_info", &outcome.accept_line(&user))?;
-                }
-                let t = lua.create_table_with_capacity(0, fields.len())?;
-                for (k, v) in fields {
-                    let v = if v.contains('%') { req_var_expand(&req, v)? } else { v.clone() };
-                    t.set(k.as_str(), v)?;
-                }
-                Ok((codes.ok, LuaValue::Table(t)))
+            fn source(&self) -> Option<Source> {
+                self.source
             }
-            Verdict::Reject(_) => {
-                req_log(&req, "log_info", &outcome.log_line().unwrap_or_default())?;
-                Ok((codes.mismatch, LuaValue::String(lua.create_string("invalid credentials")?)))
+            fn warnings(&self) -> &[String] {
+                &self.warnings
             }
-            Verdict::TempFail(_) => {
-                // Dovecot logs an INTERNAL_FAILURE's message itself ("passdb-lua: ..."): logged once.
-                let line = outcome.log_line().unwrap_or_default();
-                Ok((codes.internal, LuaValue::String(lua.create_string(&line)?)))
+            fn log_line(&self) -> Option<String> {
+                <$t>::log_line(self)
+            }
+            fn accept_line(&self, user: &str) -> String {
+                <$t>::accept_line(self, user)
             }
         }
-    }
+    };
+}
+answered!(Outcome);
+answered!(PasswordOutcome);
+
+/// What was checked: a bearer token (XOAUTH2/OAUTHBEARER) or a PLAIN/LOGIN password.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Token,
+    Password,
 }
 
 impl LuaUserData for Validator {
