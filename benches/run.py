@@ -207,6 +207,24 @@ def cpu_secs(pids) -> float:
     return total / tick
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of all threads of a process so far."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def vm_status_kb(pid: int, field: str) -> int | None:
     """A kB figure of /proc/PID/status (VmRSS, VmHWM)."""
     try:
@@ -530,6 +548,7 @@ class Runner:
                 pids["daemon"] = [daemon.proc.pid]
             for rep in range(a.reps):
                 cpu0 = {k: cpu_secs(v) for k, v in pids.items()}
+                cs0 = context_switches(daemon.proc.pid) if daemon else 0
                 if pattern == "warm":
                     r = authbench("socket", target, self.warm, logins, conc, distinct=N_USERS, label=f"{key}#{rep + 1}")
                 else:
@@ -537,6 +556,8 @@ class Runner:
                                   label=f"{key}#{rep + 1}")
                     self.cold_cursor += logins
                 cpu1 = {k: cpu_secs(v) for k, v in pids.items()}
+                if daemon:
+                    r["daemon_context_switches_per_login"] = (context_switches(daemon.proc.pid) - cs0) / max(1, r["logins"])
                 # warm: every run draws a prefix of one sequence of the same 1,000 tokens; cold: new tokens
                 used = max(used, r["tokens_used"]) if pattern == "warm" else used + r["tokens_used"]
                 s = self.stub.stats()
@@ -547,6 +568,8 @@ class Runner:
                 prev = s
                 runs.append(r)
                 cpu = " ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_login"].items())
+                if daemon:
+                    cpu += f"; daemon context switches/login {r['daemon_context_switches_per_login']:.2f}"
                 log(f"  {key} #{rep + 1}: {r['logins_per_sec']:.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} "
                     f"max {r['max_ms']:.1f} ms ok {r['ok']} fail {r['fail']} temp {r['tempfail']} err {r['error']} "
                     f"provider/1000 {r['provider_per_1000']:.0f} conns {r['provider_connections']} CPU us/login: {cpu}"
@@ -555,6 +578,8 @@ class Runner:
             distinct = used
             extra = {}
             if daemon:
+                extra["daemon_context_switches_per_login"] = statistics.median(
+                    r["daemon_context_switches_per_login"] for r in runs)
                 m = daemon.metrics()
                 extra = {"daemon_rss_kb": daemon.rss_kb(), "daemon_threads": daemon.threads(),
                          "daemon_cache_entries": m.get("dovecot_oauth2_cache_entries"),
