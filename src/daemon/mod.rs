@@ -20,9 +20,9 @@ pub mod state;
 use crate::config::Settings;
 use crate::lookup::Authenticator;
 use error::DaemonError;
-use server::{App, Role, LIMITS};
-use state::{DaemonConfig, Generation, Shared};
-use std::net::SocketAddr;
+use server::{App, Listener, Role, LIMITS};
+use state::{DaemonConfig, Generation, ListenAddr, Shared};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,11 +93,52 @@ pub fn run(path: &Path) -> ExitCode {
     code
 }
 
-fn bind(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpListener, DaemonError> {
+fn bind(addr: &ListenAddr, key: &'static str) -> Result<Listener, DaemonError> {
     let failed = |e: std::io::Error| DaemonError::Listen { address: addr.to_string(), key, reason: e.to_string() };
-    let std_listener = std::net::TcpListener::bind(addr).map_err(failed)?;
-    std_listener.set_nonblocking(true).map_err(failed)?;
-    tokio::net::TcpListener::from_std(std_listener).map_err(failed)
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(failed)?;
+            l.set_nonblocking(true).map_err(failed)?;
+            Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(failed)?))
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path).map_err(failed)?;
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(failed)?;
+            // Like a loopback port: any local user may connect, and the credentials decide. Dovecot's
+            // auth process (user dovecot) must be able to.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(failed)?;
+            l.set_nonblocking(true).map_err(failed)?;
+            Ok(Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(failed)?, path.clone()))
+        }
+    }
+}
+
+/// A socket file left by a daemon that did not stop cleanly is removed; one a process still listens
+/// on, or a file that is not a socket, is an error (never deleted).
+fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            Err(Error::new(ErrorKind::AlreadyExists, "the path exists and is not a socket"))
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Err(Error::new(ErrorKind::AddrInUse, "another process is listening on this socket")),
+            Err(_) => std::fs::remove_file(path),
+        },
+    }
+}
+
+/// Removes the socket files of unix listeners (after they stopped accepting).
+fn remove_sockets(config: &DaemonConfig) {
+    for addr in std::iter::once(&config.listen).chain(&config.metrics_listen) {
+        if let ListenAddr::Unix(path) = addr {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
 }
 
 async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCode {
@@ -111,8 +152,8 @@ async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCod
     for w in settings.warnings.iter().chain(&config.warnings) {
         log::warning(w);
     }
-    let listeners = bind(config.listen, "listen")
-        .and_then(|main| Ok((main, config.metrics_listen.map(|m| bind(m, "metrics_listen")).transpose()?)));
+    let listeners = bind(&config.listen, "listen")
+        .and_then(|main| Ok((main, config.metrics_listen.as_ref().map(|m| bind(m, "metrics_listen")).transpose()?)));
     let (main, metrics) = match listeners {
         Ok(l) => l,
         Err(e) => {
@@ -130,10 +171,9 @@ async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCod
     let shared = Arc::new(Shared::new(path.to_owned(), Generation { auth, config }));
     let app = Arc::new(App::new(shared.clone(), LIMITS));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let shown = |l: &tokio::net::TcpListener| l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-    let mut where_ = format!("listening on {} (POST /introspect, GET /health", shown(&main));
+    let mut where_ = format!("listening on {} (POST /introspect, GET /health", main.shown());
     match &metrics {
-        Some(m) => where_.push_str(&format!("), metrics on {} (GET /metrics, GET /health)", shown(m))),
+        Some(m) => where_.push_str(&format!("), metrics on {} (GET /metrics, GET /health)", m.shown())),
         None => where_.push_str(", GET /metrics)"),
     }
     let role = Role::Main { metrics: metrics.is_none() };
@@ -150,6 +190,7 @@ async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCod
     for l in loops {
         let _ = l.await;
     }
+    remove_sockets(&shared.current().config);
     let drained = tokio::time::timeout(grace, async {
         let _all = app.connections.acquire_many(LIMITS.max_connections as u32).await;
         let _all = app.in_flight.acquire_many(LIMITS.max_in_flight as u32).await;
@@ -185,4 +226,47 @@ fn describe_provider(s: &Settings) -> String {
         .map(|u| redact_url(u))
         .collect();
     format!("{mode} at {}", urls.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("o2d-mod-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_stale_socket_is_removed_and_a_live_one_or_a_plain_file_is_not() {
+        let d = scratch("stale");
+        let stale = d.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(remove_stale_socket(&stale).is_ok());
+        assert!(!stale.exists());
+        let live = d.join("live.sock");
+        let _listening = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        assert_eq!(remove_stale_socket(&live).unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
+        let file = d.join("file");
+        std::fs::write(&file, "keep me").unwrap();
+        assert!(remove_stale_socket(&file).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+        assert!(remove_stale_socket(&d.join("none.sock")).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_unix_listener_is_reachable_by_other_users() {
+        let d = scratch("mode");
+        let path = d.join("o2.sock");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let listener = bind(&ListenAddr::Unix(path.clone()), "listen").unwrap();
+        assert_eq!(listener.shown(), format!("unix:{}", path.display()));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o666);
+        drop(listener);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -8,7 +8,7 @@
 
 use super::error::DaemonError;
 use super::log;
-use super::state::{DaemonConfig, Generation, Shared};
+use super::state::{DaemonConfig, Generation, ListenAddr, Shared};
 use crate::config::Settings;
 use crate::lookup::Authenticator;
 use std::sync::atomic::Ordering;
@@ -34,11 +34,11 @@ pub fn reload(shared: &Shared) -> Result<(Reloaded, Vec<String>), DaemonError> {
     let mut notes: Vec<String> = settings.warnings.iter().chain(&config.warnings).cloned().collect();
     let mut config = config;
     for (key, now, asked) in [
-        ("listen", Some(current.config.listen), Some(config.listen)),
-        ("metrics_listen", current.config.metrics_listen, config.metrics_listen),
+        ("listen", Some(&current.config.listen), Some(&config.listen)),
+        ("metrics_listen", current.config.metrics_listen.as_ref(), config.metrics_listen.as_ref()),
     ] {
         if now != asked {
-            let show = |a: Option<std::net::SocketAddr>| a.map_or("(none)".to_string(), |a| a.to_string());
+            let show = |a: Option<&ListenAddr>| a.map_or("(none)".to_string(), |a| a.to_string());
             notes.push(format!(
                 "{key} changed to {} in {}: restart dovecot-oauth2d to apply it; still listening on {}",
                 show(asked),
@@ -48,8 +48,8 @@ pub fn reload(shared: &Shared) -> Result<(Reloaded, Vec<String>), DaemonError> {
         }
     }
     // What is bound stays what the config says, so a later reload compares with it.
-    config.listen = current.config.listen;
-    config.metrics_listen = current.config.metrics_listen;
+    config.listen = current.config.listen.clone();
+    config.metrics_listen = current.config.metrics_listen.clone();
     let same_engine = same_engine_settings(current.auth.settings(), &settings);
     let what = match (same_engine, current.config.credentials == config.credentials) {
         (true, true) => Reloaded::Unchanged,
@@ -213,6 +213,6 @@ mod tests {
             notes.iter().any(|n| n.contains("listen changed to 127.0.0.1:7000") && n.contains("restart")),
             "{notes:?}"
         );
-        assert_eq!(shared.current().config.listen, "127.0.0.1:7662".parse().unwrap());
+        assert_eq!(shared.current().config.listen, ListenAddr::Tcp("127.0.0.1:7662".parse().unwrap()));
     }
 }

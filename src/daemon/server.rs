@@ -13,18 +13,18 @@ use crate::escape::shown;
 use crate::lookup::Outcome;
 use crate::token::fingerprint;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// The daemon's fixed bounds (README, "dovecot-oauth2d").
@@ -148,8 +148,47 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// A bound listener: TCP, or a unix socket (removed again when the daemon stops).
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// The address as the startup line names it (the port a `:0` listener got).
+    pub fn shown(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Stream, Arc<str>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Stream::Tcp(s), peer.to_string().into()))
+            }
+            Listener::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                let peer = match s.peer_cred() {
+                    Ok(c) => format!("the unix socket (uid {}, pid {})", c.uid(), c.pid().unwrap_or(0)),
+                    Err(_) => "the unix socket".into(),
+                };
+                Ok((Stream::Unix(s), peer.into()))
+            }
+        }
+    }
+}
+
+/// An accepted connection.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
 /// Accepts connections until `stop` turns true.
-pub async fn accept_loop(app: Arc<App>, role: Role, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(app: Arc<App>, role: Role, listener: Listener, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -168,9 +207,18 @@ pub async fn accept_loop(app: Arc<App>, role: Role, listener: TcpListener, mut s
         };
         match app.connections.clone().try_acquire_owned() {
             Ok(permit) => {
-                tokio::spawn(serve_connection(app.clone(), role, stream, peer, permit, stop.clone()));
+                let (app, stop) = (app.clone(), stop.clone());
+                match stream {
+                    Stream::Tcp(s) => {
+                        let _ = s.set_nodelay(true);
+                        tokio::spawn(serve_connection(app, role, s, peer, permit, stop));
+                    }
+                    Stream::Unix(s) => {
+                        tokio::spawn(serve_connection(app, role, s, peer, permit, stop));
+                    }
+                }
             }
-            Err(_) => refuse_connection(&app, stream, peer),
+            Err(_) => refuse_connection(&app, stream, &peer),
         }
     }
 }
@@ -178,18 +226,24 @@ pub async fn accept_loop(app: Arc<App>, role: Role, listener: TcpListener, mut s
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
 content-length: 40\r\nconnection: close\r\n\r\ntemporary failure: too many connections\n";
 
-fn refuse_connection(app: &App, mut stream: TcpStream, peer: SocketAddr) {
+fn refuse_connection(app: &App, stream: Stream, peer: &str) {
     app.shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
     if let Some(n) = app.busy_log.allow() {
         log::warning(&format!(
-            "refused a connection from {peer}: {} connections open, the most served at once{}",
+            "refused a connection from {peer}: too many connections open ({} at most at once){}",
             app.limits.max_connections,
             more(n)
         ));
     }
     if let Ok(permit) = app.refusing.clone().try_acquire_owned() {
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY_CONNECTIONS)).await;
+            let write = async {
+                match stream {
+                    Stream::Tcp(mut s) => s.write_all(TOO_MANY_CONNECTIONS).await,
+                    Stream::Unix(mut s) => s.write_all(TOO_MANY_CONNECTIONS).await,
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
             drop(permit);
         });
     }
@@ -204,20 +258,21 @@ impl Drop for Open<'_> {
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<S>(
     app: Arc<App>,
     role: Role,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: S,
+    peer: Arc<str>,
     permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     app.shared.counters.connections_open.fetch_add(1, Ordering::Relaxed);
     let _open = Open(&app.shared);
-    let _ = stream.set_nodelay(true);
     let service = {
         let app = app.clone();
-        hyper::service::service_fn(move |req| handle(app.clone(), role, peer, req))
+        hyper::service::service_fn(move |req| handle(app.clone(), role, peer.clone(), req))
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -291,15 +346,15 @@ fn invalid_request(why: &str) -> Reply {
 async fn handle(
     app: Arc<App>,
     role: Role,
-    peer: SocketAddr,
+    peer: Arc<str>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let answer = route(&app, role, peer, req).await;
+    let answer = route(&app, role, &peer, req).await;
     app.shared.counters.response(answer.reply.status);
     Ok(answer.into_response())
 }
 
-async fn route(app: &Arc<App>, role: Role, peer: SocketAddr, req: Request<Incoming>) -> Answer {
+async fn route(app: &Arc<App>, role: Role, peer: &str, req: Request<Incoming>) -> Answer {
     let generation = app.shared.current();
     // Every request authenticates first, before its body is read or its path looked at.
     let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
@@ -351,14 +406,13 @@ async fn introspect(app: &Arc<App>, generation: &Arc<Generation>, req: Request<I
         return Answer::closing(Reply::text(413, format!("request body over {limit} bytes\n")));
     }
     let context = dovecot_context(&req);
-    let body = match tokio::time::timeout(app.limits.body_read_timeout, Limited::new(req.into_body(), limit).collect())
-        .await
-    {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Answer::closing(Reply::text(413, format!("request body over {limit} bytes\n")));
+    let body = match tokio::time::timeout(app.limits.body_read_timeout, read_body(req.into_body(), limit)).await {
+        Ok(Body::Complete(bytes)) => bytes,
+        Ok(Body::TooLarge { drained }) => {
+            let reply = Reply::text(413, format!("request body over {limit} bytes\n"));
+            return if drained { reply.into() } else { Answer::closing(reply) };
         }
-        Ok(Err(_)) => return Answer::closing(Reply::text(400, "the request body could not be read\n")),
+        Ok(Body::Broken) => return Answer::closing(Reply::text(400, "the request body could not be read\n")),
         Err(_) => return Answer::closing(Reply::text(408, "the request body took too long\n")),
     };
     let request = match form::parse(&body) {
@@ -369,7 +423,7 @@ async fn introspect(app: &Arc<App>, generation: &Arc<Generation>, req: Request<I
         app.shared.counters.requests_refused_busy.fetch_add(1, Ordering::Relaxed);
         if let Some(n) = app.busy_log.allow() {
             log::warning(&format!(
-                "temporary failure: {} introspections in flight, the most decided at once (token {}){}",
+                "temporary failure: too many introspections in flight ({} at most at once) (token {}){}",
                 app.limits.max_in_flight,
                 fingerprint(request.token.as_bytes()),
                 more(n)
@@ -404,6 +458,41 @@ async fn introspect(app: &Arc<App>, generation: &Arc<Generation>, req: Request<I
     };
     log_outcome(&generation.auth, &outcome, &context);
     introspect::reply(&outcome).into()
+}
+
+/// A request body as read.
+enum Body {
+    Complete(Bytes),
+    /// Over the limit; `drained` when the rest was read (and dropped) to its end, so the client sees
+    /// the 413 on a clean connection instead of a reset.
+    TooLarge {
+        drained: bool,
+    },
+    Broken,
+}
+
+/// How much of an oversized body is read and dropped, at most, before giving up on it.
+const MAX_DRAINED_BYTES: usize = 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes; holds no more than that in memory.
+async fn read_body(mut body: Incoming, limit: usize) -> Body {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Body::Broken };
+        let Some(data) = frame.data_ref() else { continue };
+        seen += data.len();
+        if seen <= limit {
+            kept.extend_from_slice(data);
+        } else if seen > limit + MAX_DRAINED_BYTES {
+            return Body::TooLarge { drained: false };
+        }
+    }
+    if seen > limit {
+        Body::TooLarge { drained: true }
+    } else {
+        Body::Complete(Bytes::from(kept))
+    }
 }
 
 /// What Dovecot says about the login when `send_auth_headers = yes` on its side (the client's address
@@ -459,6 +548,158 @@ fn log_outcome(auth: &crate::lookup::Authenticator, outcome: &Outcome, context: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::state::DaemonConfig;
+    use crate::lookup::Authenticator;
+    use crate::testutil::{Canned, TestServer};
+    use tokio::io::AsyncReadExt;
+
+    const AUTH: &str = "Authorization: Basic ZG92ZWNvdDpzM2NyZXQtczNjcmV0LXMzY3JldA==\r\n"; // dovecot:s3cret-s3cret-s3cret
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// A daemon front end on a loopback port, with `limits`, asking the provider at `provider_url`.
+    async fn start(limits: Limits, provider_url: &str) -> (u16, watch::Sender<bool>) {
+        let text = format!(
+            "introspection_url = {provider_url}\nlisten_client_id = dovecot\nlisten_client_secret = s3cret-s3cret-s3cret\n"
+        );
+        let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
+        let config = DaemonConfig::from_settings(&s).unwrap();
+        let generation = Generation { auth: Arc::new(Authenticator::new(s).unwrap()), config };
+        let app = Arc::new(App::new(Arc::new(Shared::new("t.conf".into(), generation)), limits));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept_loop(app, Role::Main { metrics: true }, Listener::Tcp(listener), stopped));
+        (port, stop)
+    }
+
+    /// Sends `request` on a new connection and reads until the daemon closes it.
+    async fn exchange(port: u16, request: impl AsRef<str>) -> String {
+        let request = request.as_ref();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn introspect_request(token: &str) -> String {
+        let body = format!("token={token}");
+        format!(
+            "POST /introspect HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Type: application/x-www-form-urlencoded\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn a_connection_beyond_the_limit_gets_a_canned_503_and_the_others_stay_served() {
+        rt().block_on(async {
+            let limits = Limits { max_connections: 2, ..LIMITS };
+            let (port, _stop) = start(limits, "http://127.0.0.1:9/u").await;
+            let idle1 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let idle2 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let third = exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert!(third.starts_with("HTTP/1.1 503") && third.contains("too many connections"), "{third}");
+            drop((idle1, idle2));
+            // The slots free up once those connections are gone.
+            let mut answer = String::new();
+            for _ in 0..200 {
+                answer = exchange(port, &format!("GET /health HTTP/1.1\r\nHost: x\r\n{AUTH}Connection: close\r\n\r\n"))
+                    .await;
+                if answer.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        });
+    }
+
+    #[test]
+    fn an_introspection_beyond_the_in_flight_limit_is_a_503_at_once() {
+        rt().block_on(async {
+            let srv =
+                TestServer::start(Canned::json(200, r#"{"email":"a@x"}"#).delayed(Duration::from_millis(500))).await;
+            let (port, _stop) = start(Limits { max_in_flight: 1, ..LIMITS }, &srv.url("/u")).await;
+            let first = tokio::spawn(exchange(port, introspect_request("slow-token")));
+            while srv.requests().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let second = exchange(port, &introspect_request("other-token")).await;
+            assert!(second.starts_with("HTTP/1.1 503") && second.contains("too many requests in flight"), "{second}");
+            let first = first.await.unwrap();
+            assert!(
+                first.starts_with("HTTP/1.1 200") && first.ends_with(r#"{"active":true,"username":"a@x"}"#),
+                "{first}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_client_that_sends_no_headers_is_disconnected_after_the_header_timeout() {
+        rt().block_on(async {
+            let limits = Limits { header_read_timeout: Duration::from_millis(100), ..LIMITS };
+            let (port, _stop) = start(limits, "http://127.0.0.1:9/u").await;
+            let slow = exchange(port, "POST /introspect HTTP/1.1\r\nHost: x\r\n").await;
+            assert!(!slow.starts_with("HTTP/1.1 200"), "closed without an answer or with an error: {slow}");
+            let idle = exchange(port, "").await;
+            assert_eq!(idle, "", "an idle connection is closed too");
+        });
+    }
+
+    #[test]
+    fn a_unix_socket_serves_dovecots_proxy_form_request() {
+        rt().block_on(async {
+            let srv = TestServer::start(Canned::json(200, r#"{"email":"Alice@X"}"#)).await;
+            let text = format!(
+                "introspection_url = {}\nlisten_client_id = dovecot\nlisten_client_secret = s3cret-s3cret-s3cret\n",
+                srv.url("/u")
+            );
+            let s = Settings::parse(std::path::Path::new("t.conf"), &text).unwrap();
+            let config = DaemonConfig::from_settings(&s).unwrap();
+            let generation = Generation { auth: Arc::new(Authenticator::new(s).unwrap()), config };
+            let app = Arc::new(App::new(Arc::new(Shared::new("t.conf".into(), generation)), LIMITS));
+            let path = std::env::temp_dir().join(format!("o2d-sock-{}.sock", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let listener = Listener::Unix(UnixListener::bind(&path).unwrap(), path.clone());
+            let (_stop, stopped) = watch::channel(false);
+            tokio::spawn(accept_loop(app, Role::Main { metrics: true }, listener, stopped));
+            // Dovecot 2.4 with http_client_proxy_socket_path: an absolute-form target, Host: localhost.
+            let body = "token=abc";
+            let request = format!(
+                "POST http://localhost/introspect HTTP/1.1\r\nHost: localhost\r\n{AUTH}\
+                 Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut sock = UnixStream::connect(&path).await.unwrap();
+            sock.write_all(request.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(30), sock.read_to_end(&mut out)).await;
+            let out = String::from_utf8_lossy(&out);
+            assert!(out.starts_with("HTTP/1.1 200") && out.ends_with(r#"{"active":true,"username":"alice@x"}"#), "{out}");
+            std::fs::remove_file(&path).unwrap();
+        });
+    }
+
+    #[test]
+    fn stopping_ends_the_accept_loop() {
+        rt().block_on(async {
+            let (port, stop) = start(LIMITS, "http://127.0.0.1:9/u").await;
+            stop.send(true).unwrap();
+            let mut refused = false;
+            for _ in 0..200 {
+                if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                    refused = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(refused, "the listener is closed once stopping");
+        });
+    }
 
     #[test]
     fn the_body_limit_holds_a_fully_percent_encoded_token_of_the_largest_size() {

@@ -8,17 +8,37 @@ use crate::config::Settings;
 use crate::lookup::Authenticator;
 use crate::stats::Snapshot;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The shortest `listen_client_secret` accepted without a warning.
 const SHORT_SECRET_CHARS: usize = 16;
 
+/// Where a listener is: a TCP address, or a unix socket (Dovecot 2.4 reaches one through
+/// `http_client_proxy_socket_path` in its `oauth2 {}` block; Dovecot 2.3 cannot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// The daemon's keys of a settings file, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
-    pub listen: SocketAddr,
-    pub metrics_listen: Option<SocketAddr>,
+    pub listen: ListenAddr,
+    pub metrics_listen: Option<ListenAddr>,
     pub credentials: Credentials,
     /// Notes for the admin, logged when the file is loaded.
     pub warnings: Vec<String>,
@@ -60,7 +80,11 @@ impl DaemonConfig {
             })?),
             None => None,
         };
-        if metrics_listen.is_some_and(|m| m == listen && listen.port() != 0) {
+        let same_port = |a: &ListenAddr| match a {
+            ListenAddr::Tcp(a) => a.port() != 0,
+            ListenAddr::Unix(_) => true,
+        };
+        if metrics_listen.as_ref().is_some_and(|m| *m == listen && same_port(m)) {
             return Err(DaemonError::BadKey {
                 path,
                 key: "metrics_listen",
@@ -74,8 +98,10 @@ impl DaemonConfig {
                 path.display()
             ));
         }
-        for (key, addr) in [("listen", Some(listen)), ("metrics_listen", metrics_listen)] {
-            if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+        for (key, addr) in [("listen", Some(&listen)), ("metrics_listen", metrics_listen.as_ref())] {
+            if let Some(ListenAddr::Tcp(addr)) =
+                addr.filter(|a| matches!(a, ListenAddr::Tcp(t) if !t.ip().is_loopback()))
+            {
                 warnings.push(format!(
                     "{}: {key} = {addr} is not a loopback address: requests and credentials travel unencrypted \
                      (plain HTTP); keep it on loopback or a private network",
@@ -87,15 +113,24 @@ impl DaemonConfig {
     }
 }
 
-/// `IP:PORT` (`[::1]:7662` for IPv6). Port 0 picks a free port (the startup line names it; for tests).
-pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
-    if value.starts_with("unix:") {
-        return Err(format!(
-            "'{value}': unix sockets are not served: Dovecot's oauth2 client connects to introspection_url over \
-             TCP; use IP:PORT such as 127.0.0.1:7662"
-        ));
+/// `IP:PORT` (`[::1]:7662` for IPv6; port 0 picks a free port, which the startup line names), or
+/// `unix:/absolute/path`.
+pub fn parse_listen(value: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = value.strip_prefix("unix:") {
+        let path = Path::new(path);
+        if !path.is_absolute() {
+            return Err(format!(
+                "'{value}': the socket path must be absolute (unix:/run/dovecot-oauth2d/introspect.sock)"
+            ));
+        }
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!("'{value}': a socket path is at most {MAX_SOCKET_PATH} bytes"));
+        }
+        return Ok(ListenAddr::Unix(path.to_owned()));
     }
-    value.parse().map_err(|_| format!("'{value}' is not IP:PORT (for example 127.0.0.1:7662 or [::1]:7662)"))
+    value.parse().map(ListenAddr::Tcp).map_err(|_| {
+        format!("'{value}' is not IP:PORT or unix:/path (for example 127.0.0.1:7662, [::1]:7662, unix:/run/o2.sock)")
+    })
 }
 
 /// The engine and the checked listener keys of one settings file.
@@ -178,7 +213,7 @@ mod tests {
     #[test]
     fn listen_defaults_to_loopback_port_7662() {
         let c = DaemonConfig::from_settings(&settings(CREDS)).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:7662".parse().unwrap());
+        assert_eq!(c.listen, ListenAddr::Tcp("127.0.0.1:7662".parse().unwrap()));
         assert_eq!(c.metrics_listen, None);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
@@ -191,7 +226,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.listen, c.metrics_listen),
-            ("[::1]:8000".parse().unwrap(), Some("127.0.0.1:9100".parse().unwrap()))
+            (ListenAddr::Tcp("[::1]:8000".parse().unwrap()), Some(ListenAddr::Tcp("127.0.0.1:9100".parse().unwrap())))
         );
     }
 
@@ -204,9 +239,15 @@ mod tests {
     }
 
     #[test]
-    fn a_unix_socket_is_refused_with_the_reason() {
-        let e = DaemonConfig::from_settings(&settings(&format!("{CREDS}listen = unix:/run/o2.sock\n"))).unwrap_err();
-        assert!(e.to_string().contains("over TCP"), "{e}");
+    fn listen_takes_an_absolute_unix_socket_path() {
+        let c =
+            DaemonConfig::from_settings(&settings(&format!("{CREDS}listen = unix:/run/o2/introspect.sock\n"))).unwrap();
+        assert_eq!(c.listen, ListenAddr::Unix("/run/o2/introspect.sock".into()));
+        assert_eq!(c.listen.to_string(), "unix:/run/o2/introspect.sock");
+        for bad in ["unix:relative.sock".to_string(), format!("unix:/{}", "x".repeat(120))] {
+            let e = DaemonConfig::from_settings(&settings(&format!("{CREDS}listen = {bad}\n"))).unwrap_err();
+            assert!(matches!(e, DaemonError::BadKey { key: "listen", .. }), "{e}");
+        }
     }
 
     #[test]

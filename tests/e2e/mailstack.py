@@ -208,7 +208,8 @@ class MailStack:
                  auth_verbose: bool = True,
                  passdb_args_extra: str = "",
                  dovecot_submission: bool = True,
-                 random_client_ip: bool = True):
+                 random_client_ip: bool = True,
+                 oauth2_passdb_file: str | None = None):
         if os.geteuid() != 0:
             raise RuntimeError("MailStack must run as root")
         self.workdir = os.path.abspath(workdir)
@@ -228,6 +229,9 @@ class MailStack:
         self.auth_verbose = auth_verbose
         self.passdb_args_extra = passdb_args_extra
         self.use_dovecot_submission = dovecot_submission
+        # Dovecot's own `passdb { driver = oauth2 }` with this settings file instead of the Lua passdb
+        # (for dovecot-oauth2d behind the built-in driver); lua_script is then unused.
+        self.oauth2_passdb_file = os.path.abspath(oauth2_passdb_file) if oauth2_passdb_file else None
         # Dovecot's auth penalty (anvil, per remote IP, up to 15 s after repeated failures) is not
         # switched off by auth_failure_delay = 0 and Postfix never sends no-penalty: every client
         # connection therefore comes from its own random 127.x.y.z source address.
@@ -343,12 +347,7 @@ first_valid_gid = {MAIL_GID}
 mail_location = maildir:~/Maildir
 import_environment = {self._import_environment()}
 
-passdb {{
-  driver = lua
-  mechanisms = {self.passdb_mechanisms}
-  args = {lua_args}
-}}
-passdb {{
+{self._token_passdb_conf(lua_args)}passdb {{
   driver = passwd-file
   mechanisms = plain login
   args = scheme=PLAIN {self.passwd_file}
@@ -386,6 +385,18 @@ service auth {{
         with open(self.conf_path, "w") as f:
             f.write(conf)
         os.makedirs(os.path.join(self.base_dir, "state"), exist_ok=True)
+
+    def _token_passdb_conf(self, lua_args: str) -> str:
+        if self.oauth2_passdb_file:
+            driver, args = "oauth2", self.oauth2_passdb_file
+        else:
+            driver, args = "lua", lua_args
+        return f"""passdb {{
+  driver = {driver}
+  mechanisms = {self.passdb_mechanisms}
+  args = {args}
+}}
+"""
 
     def _dovecot_submission_conf(self) -> str:
         if not self.use_dovecot_submission:
