@@ -963,7 +963,9 @@ def render(r: Runner) -> str:
                f"(at most {m['workers_seen']} auth-workers alive at the end of a scenario); `auth_failure_delay = 0`; "
                f"load generator: {r.a.concurrency} auth-socket connections ({r.a.concurrency20} for the 20 ms scenarios; IMAP: {r.a.imap_concurrency} clients), one "
                f"login in flight each. Every figure is the median of {r.a.reps} runs against a fresh Dovecot per "
-               f"scenario; the run took {r.elapsed / 60:.1f} minutes.\n")
+               f"scenario; the run took {r.elapsed / 60:.1f} minutes"
+               + (f"; 1-minute load average at the start of each scenario: median {m['load_median']:.1f}, "
+                  f"{m['load_min']:.1f}-{m['load_max']:.1f}" if m["load_median"] is not None else "") + ".\n")
     for g, title in [("0", "Auth socket, provider latency 0 ms"), ("20", "Auth socket, provider latency 20 ms"),
                      ("imap", "IMAP AUTHENTICATE over TCP (provider latency 0 ms)")]:
         rows = [x for x in r.results if x["group"] == g]
