@@ -390,6 +390,8 @@ async fn route(app: &Arc<App>, role: Role, peer: &str, req: Request<Incoming>) -
     }
 }
 
+/// RFC 6749's `invalid_client`. Dovecot reads a 4xx body like a 200 one, so it must never look active:
+/// 2.3 then answers a temporary failure ("No username returned": an admin's mistake, not the user's).
 fn unauthorized() -> Answer {
     let body = serde_json::json!({"error": "invalid_client"}).to_string();
     Answer::closing(Reply::json(401, body)).header("www-authenticate", "Basic realm=\"dovecot-oauth2d\"")

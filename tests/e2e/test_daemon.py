@@ -93,6 +93,20 @@ def test_userinfo_mode_answers_the_same_way(make_daemon, live_idp):
     assert body["active"] is True and body["username"] == ALICE, body
 
 
+def test_local_jwt_mode_checks_tokens_itself_and_a_tampered_one_is_inactive(make_daemon, live_idp):
+    d = make_daemon(daemon_settings("introspection_mode = local\n"
+                                    f"openid_configuration_url = {live_idp.discovery_url}\n"
+                                    "audience = urn:dovecot\nusername_attribute = email\n"))
+    token = live_idp.token("dave", jwt=True)
+    live_idp.reset_stats()
+    body = d.introspect(token).json
+    assert body["active"] is True and body["username"] == DAVE, body
+    assert live_idp.stats().get("/token/introspection", 0) == 0, "checked locally"
+    head, payload, sig = token.split(".")
+    tampered = ".".join([head, payload, sig[:-4] + ("AAAA" if not sig.endswith("AAAA") else "BBBB")])
+    assert d.introspect(tampered).json == {"active": False}
+
+
 def test_claims_named_in_pass_attrs_are_passed_on(make_daemon, live_idp):
     d = make_daemon(daemon_settings(introspection_settings(live_idp),
                                     "pass_attrs = userdb_client=%{oauth2:client_id} x=%{oauth2:error}\n"))
