@@ -13,9 +13,10 @@
 //!   --label L         echoed in the JSON line
 //!   --timeout-secs T  stop after T seconds whatever happened (default 300)
 //!
-//! Socket mode: the handshake (VERSION/MECH/SPID/CUID/COOKIE/DONE from Dovecot; VERSION and CPID from
-//! us), then `AUTH <id> <mech> service=imap no-penalty resp=<base64>` per login; a failure continuation
-//! (CONT) is answered with ^A, as a client does. Dovecot must run with auth_failure_delay = 0.
+//! Socket mode: the handshake (VERSION and CPID from us first, as a login process does, then
+//! VERSION/MECH/SPID/CUID/COOKIE/DONE from Dovecot: works with 2.3 and with 2.4, which waits for the
+//! client's VERSION), then `AUTH <id> <mech> service=imap no-penalty resp=<base64>` per login; a failure
+//! continuation (CONT) is answered with ^A, as a client does. Dovecot must run with auth_failure_delay = 0.
 //! IMAP mode: one TCP connection per login from a random 127.x.y.z source (no per-IP penalty or limit),
 //! greeting, `AUTHENTICATE <mech> <initial response>`, LOGOUT.
 //!
@@ -88,6 +89,18 @@ impl Job {
         };
         let (u, t) = &self.tokens[idx];
         Some((i, u, t))
+    }
+
+    /// How many distinct tokens the logins taken so far used. The n-th login's token depends on n only, so a
+    /// run's tokens are also those of the first logins of any longer run with the same offset and set.
+    fn tokens_used(&self) -> usize {
+        let taken = self.next.load(Ordering::Relaxed).min(self.logins);
+        if self.distinct == 0 {
+            return taken;
+        }
+        let mut seen = vec![false; self.distinct];
+        (0..taken).for_each(|i| seen[(splitmix(i as u64) % self.distinct as u64) as usize] = true);
+        seen.iter().filter(|&&s| s).count()
     }
 
     fn sasl(&self, user: &str, token: &str, port: u16) -> String {
@@ -171,6 +184,7 @@ fn run(mode: &str, a: &Args) -> Result<(), String> {
         lat[i] as f64 / 1000.0
     };
     let done = tally.ok + tally.fail + tally.tempfail;
+    let tokens_used = job.tokens_used();
     let rate = done as f64 / secs;
     let label = a.get("label").unwrap_or(mode);
     println!(
@@ -192,6 +206,7 @@ fn run(mode: &str, a: &Args) -> Result<(), String> {
         "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0),
         "ok": tally.ok, "fail": tally.fail, "tempfail": tally.tempfail, "error": tally.error,
         "concurrency": concurrency, "distinct": distinct, "offset": offset, "timed_out": timed_out,
+        "tokens_used": tokens_used,
         "first_error": tally.first_error,
     });
     println!("JSON {j}");
@@ -210,7 +225,14 @@ async fn socket_worker(job: Arc<Job>, path: String, conn_no: usize) -> Tally {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
     let mut line = String::new();
-    // Server handshake, up to DONE.
+    // Our VERSION and CPID first, as a login process sends them: Dovecot 2.4 sends its VERSION and then
+    // waits for the client's before MECH ... DONE (2.3 sends everything at once and does not mind).
+    let cpid = (std::process::id() % 100_000) * 1000 + conn_no as u32 + 1;
+    if w.write_all(format!("VERSION\t1\t2\nCPID\t{cpid}\n").as_bytes()).await.is_err() {
+        t.err("write failed".into());
+        return t;
+    }
+    // The server's handshake, up to DONE.
     loop {
         line.clear();
         match r.read_line(&mut line).await {
@@ -221,11 +243,6 @@ async fn socket_worker(job: Arc<Job>, path: String, conn_no: usize) -> Tally {
             Ok(_) if line.starts_with("DONE") => break,
             Ok(_) => {}
         }
-    }
-    let cpid = (std::process::id() % 100_000) * 1000 + conn_no as u32 + 1;
-    if w.write_all(format!("VERSION\t1\t2\nCPID\t{cpid}\n").as_bytes()).await.is_err() {
-        t.err("write failed".into());
-        return t;
     }
     let mut id: u64 = 0;
     while let Some((_, user, token)) = job.take() {

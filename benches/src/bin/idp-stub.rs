@@ -10,7 +10,12 @@
 //!   GET  /userinfo          Authorization: Bearer <token> -> 200 {"sub","email"} | 401
 //!   POST /introspect        token=<token> (RFC 7662) -> {"active":true,"email","exp",...} | {"active":false}
 //!   GET  /.well-known/openid-configuration, GET /jwks
-//!   GET  /__stats           request counters (JSON);  POST /__reset  zeroes them
+//!   POST /instant           token=<token> -> {"active":true,"username","exp","scope"} | {"active":false}:
+//!                           the shape of dovecot-oauth2d's reply, never delayed, not a provider request
+//!                           (the "instant stub" a Dovecot 2.4 ceiling points its oauth2 client at)
+//!   GET  /__stats           request counters (JSON), with the distinct tokens asked about at the
+//!                           provider endpoints and the most requests for one token;
+//!   POST /__reset           zeroes them
 //!   POST /__revoke          token=<token>: userinfo answers 401 and introspection inactive from now on
 //!   POST /__latency         ms=<n>: change the fixed latency
 //!   POST /__quit            exit (also exits by itself after --max-seconds)
@@ -102,6 +107,7 @@ struct Counters {
     jwks: AtomicU64,
     unknown_token: AtomicU64,
     revoked_hits: AtomicU64,
+    instant: AtomicU64,
     other: AtomicU64,
     connections: AtomicU64,
 }
@@ -109,6 +115,8 @@ struct Counters {
 struct State {
     tokens: HashMap<String, String>,
     revoked: Mutex<HashSet<String>>,
+    /// Provider requests (userinfo, introspect) per token since the last reset.
+    asked: Mutex<HashMap<String, u32>>,
     latency_ms: AtomicU64,
     jwks: String,
     issuer: String,
@@ -138,6 +146,7 @@ fn serve(a: &Args) -> Result<(), String> {
         let state = Arc::new(State {
             tokens,
             revoked: Mutex::new(HashSet::new()),
+            asked: Mutex::new(HashMap::new()),
             latency_ms: AtomicU64::new(latency),
             jwks,
             issuer: a.get("issuer").unwrap_or(DEFAULT_ISSUER).to_string(),
@@ -286,6 +295,7 @@ async fn route(state: &State, method: &str, path: &str, bearer: Option<&str>, bo
         }
     }
     let lookup = |t: &str| -> Option<&String> {
+        *state.asked.lock().unwrap().entry(t.to_string()).or_insert(0) += 1;
         let user = state.tokens.get(t);
         if user.is_none() {
             c.unknown_token.fetch_add(1, Ordering::Relaxed);
@@ -320,6 +330,17 @@ async fn route(state: &State, method: &str, path: &str, bearer: Option<&str>, bo
                 None => (200, r#"{"active":false}"#.into()),
             }
         }
+        ("POST", "/instant") => {
+            c.instant.fetch_add(1, Ordering::Relaxed);
+            match form_value(body, "token").as_deref().and_then(|t| state.tokens.get(t)) {
+                Some(u) => (
+                    200,
+                    serde_json::json!({"active": true, "username": u, "exp": unix_now() + 3600, "scope": "openid email"})
+                        .to_string(),
+                ),
+                None => (200, r#"{"active":false}"#.into()),
+            }
+        }
         ("GET", "/.well-known/openid-configuration") => {
             c.discovery.fetch_add(1, Ordering::Relaxed);
             let b = &state.base_url;
@@ -340,12 +361,17 @@ async fn route(state: &State, method: &str, path: &str, bearer: Option<&str>, bo
         ("GET", "/__stats") => {
             let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
             let provider = l(&c.userinfo) + l(&c.introspect) + l(&c.discovery) + l(&c.jwks);
+            let (distinct, most) = {
+                let asked = state.asked.lock().unwrap();
+                (asked.len(), asked.values().copied().max().unwrap_or(0))
+            };
             (
                 200,
                 serde_json::json!({
                     "userinfo": l(&c.userinfo), "introspect": l(&c.introspect), "discovery": l(&c.discovery),
                     "jwks": l(&c.jwks), "provider_requests": provider, "unknown_token": l(&c.unknown_token),
                     "revoked_hits": l(&c.revoked_hits), "other": l(&c.other), "connections": l(&c.connections),
+                    "instant": l(&c.instant), "distinct_tokens": distinct, "most_requests_for_one_token": most,
                     "latency_ms": state.latency_ms.load(Ordering::Relaxed), "tokens": state.tokens.len(),
                 })
                 .to_string(),
@@ -359,11 +385,13 @@ async fn route(state: &State, method: &str, path: &str, bearer: Option<&str>, bo
                 &c.jwks,
                 &c.unknown_token,
                 &c.revoked_hits,
+                &c.instant,
                 &c.other,
                 &c.connections,
             ] {
                 a.store(0, Ordering::Relaxed);
             }
+            state.asked.lock().unwrap().clear();
             (200, "{}".into())
         }
         ("POST", "/__revoke") => match form_value(body, "token") {
