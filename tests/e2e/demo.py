@@ -1,6 +1,8 @@
 """The demo: a real OpenID provider, a real Dovecot 2.3 with the module, a real Postfix submission
 service, all on loopback; a user signs in through the provider and logs in over IMAP and SMTP with the
-access token. Prints what happened, then stops everything. Run through tests/demo.sh."""
+access token. Then the Dovecot 2.4 path: Debian 13's Dovecot 2.4.1 (in the chroot tests/trixie.sh
+makes) whose own oauth2 client asks the daemon dovecot-oauth2d. Prints what happened, then stops
+everything. Run through tests/demo.sh."""
 
 from __future__ import annotations
 
@@ -93,6 +95,9 @@ def main() -> int:
         stats = idp.stats()
         print(f"6. Provider requests made by the module: userinfo {stats.get('/me', 0)} "
               f"(6 logins, 3 tokens: a token seen before is answered from the module's cache)")
+        stack.stop()
+        stack = None
+        demo_dovecot24(work, idp, alice, bob)
         if UNEXPECTED:
             print(f"Something went wrong: {', '.join(UNEXPECTED)}; files kept in {work}")
             os.environ["KEEP_DEMO_DIR"] = "1"
@@ -106,6 +111,48 @@ def main() -> int:
         if not os.environ.get("KEEP_DEMO_DIR"):
             shutil.rmtree(work, ignore_errors=True)
         print("Stopped the provider, Dovecot and Postfix.")
+
+
+def demo_dovecot24(work: str, idp, alice: str, bob: str) -> None:
+    """Dovecot 2.4.1's own oauth2 client pointed at dovecot-oauth2d (the DMS edge path)."""
+    import dovecot24
+    from oauth2d_runner import Daemon, daemon_problem
+
+    problem = dovecot24.chroot_problem() or daemon_problem()
+    if problem:
+        print(f"7. Dovecot 2.4 path skipped: {problem}")
+        return
+    print("7. Dovecot 2.4.1 (Debian 13's packages in a chroot): its own oauth2 client asks dovecot-oauth2d ...")
+    settings = f"introspection_url = {idp.userinfo_url}\nintrospection_mode = auth\nusername_attribute = email\n"
+    daemon = Daemon(os.path.join(work, "daemon"), settings).start()
+    stack = None
+    try:
+        stack = dovecot24.Dovecot24Stack(oauth2=daemon.dovecot24_block())
+        stack.start()
+        print("   Dovecot 2.4's oauth2 {} block (pointed at the daemon, its credentials in the URL):")
+        for k, v in daemon.dovecot24_block().items():
+            v = re.sub(r"//([^:]+):[^@]+@", r"//\1:<secret>@", v)
+            print(f"     {k} = {v}")
+        before = idp.stats().get("/me", 0)
+        mark = daemon.log_mark()
+        show("2.4 IMAP AUTHENTICATE XOAUTH2 as alice", stack.imap_login("alice@example.test", alice, "XOAUTH2"))
+        show("2.4 IMAP AUTHENTICATE OAUTHBEARER as alice", stack.imap_login("alice@example.test", alice, "OAUTHBEARER"))
+        show("2.4 SMTP submission OAUTHBEARER as alice", stack.smtp_login("alice@example.test", alice, "OAUTHBEARER"))
+        show("2.4 IMAP as alice with bob's token", stack.imap_login("alice@example.test", bob, "XOAUTH2"), "refused")
+        made_up = "made-up-token-456"
+        show("2.4 IMAP as alice with a made-up token", stack.imap_login("alice@example.test", made_up, "XOAUTH2"),
+             "refused")
+        daemon.wait_log(mark, fp(made_up))
+        print("8. What dovecot-oauth2d logged (one line per refusal, the token only as its hash):")
+        for line in daemon.log_since(mark).splitlines():
+            if "refused" in line or "authentication failed" in line or "temporary failure" in line:
+                print_log_line(line)
+        print(f"9. Provider requests made by the daemon: userinfo {idp.stats().get('/me', 0) - before} "
+              f"(5 logins, 3 tokens; alice's token was new to the daemon, then cached for every auth process)")
+    finally:
+        if stack:
+            stack.stop()
+        daemon.stop()
 
 
 if __name__ == "__main__":
