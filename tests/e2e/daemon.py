@@ -22,6 +22,8 @@ import subprocess
 import time
 import urllib.parse
 
+from mailstack import LogFile
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BINARY = os.path.join(ROOT, "target", "release", "dovecot-oauth2d")
@@ -62,7 +64,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-class Daemon:
+class Daemon(LogFile):
     def __init__(self, workdir: str, settings: str, client: tuple[str, str], binary: str = BINARY):
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
@@ -141,28 +143,7 @@ class Daemon:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    # ------------------------------------------------------------ log
-    def log_mark(self) -> int:
-        try:
-            return os.path.getsize(self.log_path)
-        except OSError:
-            return 0
-
-    def log_since(self, mark: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(mark)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_log(self, mark: int, needle: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log_since(mark)
-            if needle in text or time.monotonic() > deadline:
-                return text
-            time.sleep(0.05)
+    # ------------------------------------------------------------ log: LogFile's log_mark, log_since, wait_log
 
     # ------------------------------------------------------------ http
     @property

@@ -254,24 +254,6 @@ def chroot_run(stage: Stage, *argv: str, timeout: float = 60) -> subprocess.Comp
                           env={"PATH": PATH})
 
 
-def snapshot(root: str) -> dict[str, tuple]:
-    """Every file and directory under root: (type, mode, uid, gid, content or link target)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = ("link", os.readlink(p))
-            elif os.path.isdir(p):
-                out[rel] = ("dir", st.st_mode, st.st_uid, st.st_gid)
-            else:
-                with open(p, "rb") as f:
-                    out[rel] = ("file", st.st_mode, st.st_uid, st.st_gid, f.read())
-    return out
-
-
 def _stop_session(proc: subprocess.Popen | None, timeout: float) -> None:
     """SIGTERM to the session leader, SIGKILL to whatever of its session is left after timeout."""
     if proc is None:

@@ -197,7 +197,36 @@ class _POP3(_FromSource, poplib.POP3):
 
 # --------------------------------------------------------------------------- the stack
 
-class MailStack:
+class LogFile:
+    """Reading a log file that grows (`self.log_path`): offsets, text since one, waiting for a line."""
+
+    log_path: str
+
+    def log_mark(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_since(self, mark: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(mark)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_log(self, mark: int, needle: str, timeout: float = 10) -> str:
+        """Wait until needle appears in the log after mark; returns the text (may lack needle)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_since(mark)
+            if needle in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
+
+class MailStack(LogFile):
     def __init__(self, workdir: str, *, lua_script: str, settings_file: str | None,
                  module_dir: str | None,
                  users=("alice@example.test", "bob@example.test", "dave@example.test"),
@@ -717,28 +746,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
     # ------------------------------------------------------------------ logs / processes
 
-    def log_mark(self) -> int:
-        try:
-            return os.path.getsize(self.log_path)
-        except OSError:
-            return 0
-
-    def log_since(self, mark: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(mark)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
     def wait_log(self, mark: int, needle: str, timeout: float = 5.0) -> str:
-        """Wait until needle appears in the log after mark; returns the text (may lack needle)."""
-        deadline = time.time() + timeout
-        while True:
-            text = self.log_since(mark)
-            if needle in text or time.time() > deadline:
-                return text
-            time.sleep(0.05)
+        return LogFile.wait_log(self, mark, needle, timeout)
 
     def auth_worker_pids(self) -> list[int]:
         out = []

@@ -20,7 +20,8 @@ import stat
 import pytest
 
 import dms_edge
-from dms_edge import ACCOUNTS, EdgeDovecot, Stage, Supervisor, build_tree, run_user_patches, snapshot
+from dms_edge import ACCOUNTS, EdgeDovecot, Stage, Supervisor, build_tree, run_user_patches
+from dms_root import snapshot
 from dovecot24 import chroot_dir, chroot_problem
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
