@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod lookup;
 pub mod password;
 pub mod provider;
+pub mod scim;
 pub mod stats;
 pub mod token;
 pub mod trace;
