@@ -83,7 +83,7 @@ DEFAULT_LISTEN='127.0.0.1:7662'
 # The settings keys the module accepts: Dovecot 2.3's oauth2 keys plus this module's own. Derived from
 # src/config.rs (the `match key.as_str()` arms of Settings::parse and IGNORED_DOVECOT_KEYS); an unknown
 # key makes every login fail temporarily, so none gets past this script. tests/e2e/test_dms.py checks
-# this list against src/config.rs.
+# this list against src/config.rs and src/scim/settings.rs (KEYS).
 KNOWN_KEYS='
   tokeninfo_url introspection_url introspection_mode force_introspection
   username_attribute username_format active_attribute active_value
@@ -101,6 +101,10 @@ KNOWN_KEYS='
   accept_token_as_password
   max_pipelined_requests rawlog_dir tls_cipher_suite send_auth_headers
   http_proxy listen listen_client_id listen_client_secret metrics_listen
+  scim_listen scim_token scim_tls_cert scim_tls_key scim_domains scim_backend scim_state_file
+  scim_dms_config_dir scim_mail_root scim_delete_mailbox scim_aliases scim_quota_attribute
+  scim_passwd_file scim_mailbox_map scim_alias_map scim_uid scim_gid scim_after_change
+  scim_max_requests_per_minute scim_public_url
 '
 
 MARKER='# dovecot-oauth2: written by user-patches.sh'
@@ -426,6 +430,9 @@ main_23() {
   cp "${orig_settings}" "${STAGE}/settings" || give_up "cannot read ${orig_settings}"
   [[ -z $(tail -c1 "${STAGE}/settings") ]] || echo >> "${STAGE}/settings"
   apply_oauth2_variables "${STAGE}/settings"
+  if compgen -e | grep -qE '^OAUTH2_SCIM_'; then
+    err "OAUTH2_SCIM_* is set, but SCIM provisioning runs in dovecot-oauth2d, which this script installs on Dovecot 2.4 (DMS edge) only: no SCIM service on this container (see README, SCIM provisioning, for running the daemon beside Dovecot 2.3)"
+  fi
   stage_check_settings "${STAGE}/settings"
   local mechanisms='xoauth2 oauthbearer' passwords=0
   local orig_passwdfile="${PASSWDFILE_CONF}"
@@ -659,7 +666,8 @@ main_24() {
   daemon_check "${daemon_src}"
   oauth2_block_text "${listen}" "${secret}" > "${STAGE}/passdb" || give_up "cannot write the staged oauth2 block"
   DAEMON_USER=root
-  getent passwd dovecot > /dev/null 2>&1 && DAEMON_USER=dovecot
+  # With SCIM the daemon writes DMS's account files (root's); otherwise it needs no privilege.
+  [[ -z ${OAUTH2_SCIM_LISTEN:-} ]] && getent passwd dovecot > /dev/null 2>&1 && DAEMON_USER=dovecot
   supervisor_program_text > "${STAGE}/program" || give_up "cannot write the staged supervisord program"
 
   # --- install

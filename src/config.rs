@@ -271,6 +271,8 @@ pub struct Settings {
     pub http_proxy: Option<String>,
     /// The daemon's listener (unused by the module).
     pub listen: Listen,
+    /// The daemon's `scim_*` keys (SCIM provisioning), checked at start by `scim::settings`.
+    pub scim: crate::scim::settings::ScimKeys,
     // PLAIN/LOGIN passwords (issue 12).
     /// Dovecot's `grant_url`: the token endpoint for the password grant; default: the `token_endpoint`
     /// of the first `openid_configuration_url`.
@@ -347,6 +349,7 @@ impl Default for Settings {
             max_response_bytes: 1024 * 1024,
             http_proxy: None,
             listen: Listen::default(),
+            scim: Default::default(),
             grant_url: None,
             use_grant_password: false,
             grant_type: GrantType::Password,
@@ -552,6 +555,7 @@ impl Settings {
                 "listen_client_id" => s.listen.client_id = opt(&value),
                 "listen_client_secret" => s.listen.client_secret = opt(&value),
                 "metrics_listen" => s.listen.metrics_address = opt(&value),
+                k if crate::scim::settings::ScimKeys::knows(k) => s.scim.set(k, &value).map_err(invalid)?,
                 other => {
                     if let Some((_, why)) = IGNORED_DOVECOT_KEYS.iter().find(|(k, _)| *k == other) {
                         if !value.is_empty() {

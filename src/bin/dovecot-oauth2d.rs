@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     match cli::parse(&args) {
         Ok(cli::Command::Run(path)) => daemon::run(&path),
         Ok(cli::Command::Test(path)) => daemon::test(&path),
+        Ok(cli::Command::ScimStatus(path)) => daemon::scim_status(&path),
         Ok(cli::Command::Help) => {
             println!("{}", cli::USAGE);
             ExitCode::SUCCESS

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-pub const USAGE: &str = "usage: dovecot-oauth2d -c SETTINGS [-t]
+pub const USAGE: &str = "usage: dovecot-oauth2d -c SETTINGS [-t | --scim-status]
 
 Answers RFC 7662 token introspection (POST /introspect) for Dovecot's oauth2 client, with the
 dovecot-oauth2 engine: one cache for every Dovecot process on this host. Runs in the foreground and
@@ -13,6 +13,8 @@ SIGTERM and SIGINT stop it after the requests in flight.
                          127.0.0.1:7662), listen_client_id and listen_client_secret (required: the
                          ID:SECRET of Dovecot's introspection_url) and metrics_listen (optional)
   -t, --test             check SETTINGS and exit: 0 usable, 2 not
+      --scim-status      print the users SCIM provisioned (scim_* keys of SETTINGS) and whether
+                         the mail system's files hold them; exit 0 all in place, 1 some not, 2 error
   -h, --help             this text
   -V, --version          the version
 
@@ -22,6 +24,7 @@ Exit code: 0 after SIGTERM/SIGINT or a good -t, 2 when it cannot start (settings
 pub enum Command {
     Run(PathBuf),
     Test(PathBuf),
+    ScimStatus(PathBuf),
     Help,
     Version,
 }
@@ -30,12 +33,14 @@ pub enum Command {
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut path = None;
     let mut test = false;
+    let mut status = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-t" | "--test" => test = true,
+            "--scim-status" => status = true,
             "-c" | "--config" => {
                 let p = it.next().ok_or_else(|| format!("{a} needs a settings file"))?;
                 if path.replace(PathBuf::from(p)).is_some() {
@@ -54,7 +59,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
     }
     let path = path.ok_or("-c SETTINGS is required")?;
-    Ok(if test { Command::Test(path) } else { Command::Run(path) })
+    match (test, status) {
+        (true, true) => Err("-t and --scim-status exclude each other".into()),
+        (true, false) => Ok(Command::Test(path)),
+        (false, true) => Ok(Command::ScimStatus(path)),
+        (false, false) => Ok(Command::Run(path)),
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +85,12 @@ mod tests {
     fn t_checks_instead_of_running() {
         assert_eq!(parse(&args(&["-t", "-c", "x"])), Ok(Command::Test("x".into())));
         assert_eq!(parse(&args(&["-c", "x", "--test"])), Ok(Command::Test("x".into())));
+    }
+
+    #[test]
+    fn scim_status_prints_instead_of_running() {
+        assert_eq!(parse(&args(&["-c", "x", "--scim-status"])), Ok(Command::ScimStatus("x".into())));
+        assert!(parse(&args(&["-c", "x", "--scim-status", "-t"])).is_err());
     }
 
     #[test]

@@ -14,11 +14,13 @@ pub mod introspect;
 pub mod log;
 pub mod metrics;
 pub mod reload;
+pub mod scim;
 pub mod server;
 pub mod state;
 
 use crate::config::Settings;
 use crate::lookup::Authenticator;
+use crate::scim::settings::ScimSettings;
 use error::DaemonError;
 use server::{App, Listener, Role, LIMITS};
 use state::{DaemonConfig, Generation, ListenAddr, Shared};
@@ -32,7 +34,13 @@ use std::time::Duration;
 pub fn load(path: &Path) -> Result<(Settings, DaemonConfig), DaemonError> {
     let settings = Settings::load(path)?;
     let config = DaemonConfig::from_settings(&settings)?;
+    scim_settings(&settings)?;
     Ok((settings, config))
+}
+
+/// The SCIM service's settings, when `scim_listen` asks for one.
+pub fn scim_settings(settings: &Settings) -> Result<Option<ScimSettings>, DaemonError> {
+    settings.scim.resolve().map_err(|(key, reason)| DaemonError::BadKey { path: settings.path.clone(), key, reason })
 }
 
 /// `-t`: checks the settings file (and that an engine can be built from it) without listening.
@@ -44,17 +52,58 @@ pub fn test(path: &Path) -> ExitCode {
             .build()
             .map_err(|e| DaemonError::Start(format!("runtime: {e}")))?;
         let _guard = rt.enter();
-        Authenticator::new(settings)?;
-        Ok((config, notes))
+        Authenticator::new(settings.clone())?;
+        let scim = match scim_settings(&settings)? {
+            Some(s) => {
+                if let Some((cert, key)) = &s.tls {
+                    scim::tls_acceptor(cert, key).map_err(DaemonError::Start)?;
+                }
+                format!(", SCIM on {}://{}{}", if s.tls.is_some() { "https" } else { "http" }, s.listen, scim::PREFIX)
+            }
+            None => String::new(),
+        };
+        Ok((config, notes, scim))
     });
     match checked {
-        Ok((config, notes)) => {
+        Ok((config, notes, scim)) => {
             for n in notes {
                 log::warning(&n);
             }
             let metrics = config.metrics_listen.map_or(String::new(), |m| format!(", metrics on {m}"));
-            log::info(&format!("{} is usable: would listen on {}{metrics}", path.display(), config.listen));
+            log::info(&format!("{} is usable: would listen on {}{metrics}{scim}", path.display(), config.listen));
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error(&e.to_string());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--scim-status`: what SCIM provisioned, read from the state file (without its lock, so it works
+/// beside a running daemon: the file is only ever replaced whole) and checked against the files.
+pub fn scim_status(path: &Path) -> ExitCode {
+    let shown = || -> Result<(String, bool), DaemonError> {
+        let settings = Settings::load(path)?;
+        let scim = scim_settings(&settings)?.ok_or_else(|| DaemonError::MissingKey {
+            path: path.to_owned(),
+            key: "scim_listen",
+            why: "there is no SCIM service in this settings file",
+        })?;
+        let state = crate::scim::store::Store::read(&scim.state_file).map_err(|e| DaemonError::Start(e.to_string()))?;
+        let backend = crate::scim::service::backend_for(&scim.backend);
+        let rules = crate::scim::service::Rules::from(&scim);
+        let lines = crate::scim::service::status_lines(&state, &rules, backend.as_ref());
+        Ok(crate::scim::service::status_table(&lines, &scim.state_file, backend.as_ref()))
+    };
+    match shown() {
+        Ok((table, all_in_place)) => {
+            print!("{table}");
+            if all_in_place {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             log::error(&e.to_string());
@@ -168,6 +217,13 @@ async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCod
             return ExitCode::from(2);
         }
     };
+    let scim = match start_scim(&auth) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error(&format!("cannot start: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     let shared = Arc::new(Shared::new(path.to_owned(), Generation { auth, config }));
     let app = Arc::new(App::new(shared.clone(), LIMITS));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -180,6 +236,11 @@ async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCod
     let mut loops = vec![tokio::spawn(server::accept_loop(app.clone(), role, main, stopped.clone()))];
     if let Some(m) = metrics {
         loops.push(tokio::spawn(server::accept_loop(app.clone(), Role::Metrics, m, stopped.clone())));
+    }
+    if let Some((app, listener)) = scim {
+        let at = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        where_.push_str(&format!(", SCIM on {}://{at}{} (bearer token)", app.scheme(), scim::PREFIX));
+        loops.push(tokio::spawn(scim::accept_loop(Arc::new(app), listener, stopped.clone())));
     }
     let settings = shared.current().auth.settings().clone();
     log::info(&format!("{where_}; settings {}; provider {}", path.display(), describe_provider(&settings)));
@@ -205,6 +266,25 @@ async fn serve(path: &Path, settings: Settings, config: DaemonConfig) -> ExitCod
         )),
     }
     ExitCode::SUCCESS
+}
+
+/// Opens the SCIM service (its store, a reconciliation of the files) and binds its listener.
+fn start_scim(auth: &Authenticator) -> Result<Option<(scim::ScimApp, tokio::net::TcpListener)>, DaemonError> {
+    let Some(settings) = scim_settings(auth.settings())? else { return Ok(None) };
+    let (service, notes) = crate::scim::service::Service::open(&settings, crate::clock::Clock::system())
+        .map_err(|e| DaemonError::Start(format!("SCIM: {e}")))?;
+    for n in notes {
+        log::warning(&format!("scim: at start: {n}"));
+    }
+    let app = scim::ScimApp::new(&settings, Arc::new(service)).map_err(DaemonError::Start)?;
+    let failed = |e: std::io::Error| DaemonError::Listen {
+        address: settings.listen.to_string(),
+        key: "scim_listen",
+        reason: e.to_string(),
+    };
+    let l = std::net::TcpListener::bind(settings.listen).map_err(failed)?;
+    l.set_nonblocking(true).map_err(failed)?;
+    Ok(Some((app, tokio::net::TcpListener::from_std(l).map_err(failed)?)))
 }
 
 /// The provider side in a few words for the startup line (URLs without credentials or query).

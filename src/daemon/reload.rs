@@ -47,6 +47,12 @@ pub fn reload(shared: &Shared) -> Result<(Reloaded, Vec<String>), DaemonError> {
             ));
         }
     }
+    if current.auth.settings().scim != settings.scim {
+        notes.push(format!(
+            "scim_* settings changed in {}: restart dovecot-oauth2d to apply them; the SCIM service keeps the ones it started with",
+            shared.path.display()
+        ));
+    }
     // What is bound stays what the config says, so a later reload compares with it.
     config.listen = current.config.listen.clone();
     config.metrics_listen = current.config.metrics_listen.clone();
@@ -63,7 +69,7 @@ pub fn reload(shared: &Shared) -> Result<(Reloaded, Vec<String>), DaemonError> {
 
 /// Whether two settings ask the engine for the same thing (everything but the daemon's own keys).
 fn same_engine_settings(a: &Settings, b: &Settings) -> bool {
-    let strip = |s: &Settings| Settings { listen: Default::default(), warnings: Vec::new(), ..s.clone() };
+    let strip = |s: &Settings| Settings { listen: Default::default(), scim: Default::default(), warnings: Vec::new(), ..s.clone() };
     strip(a) == strip(b)
 }
 

@@ -106,18 +106,18 @@ impl App {
 
 /// At most one line per interval for events a client can repeat at will (bad credentials, floods),
 /// with the count of those not logged.
-struct LogLimiter {
+pub(super) struct LogLimiter {
     every: Duration,
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl LogLimiter {
-    fn new(every: Duration) -> LogLimiter {
+    pub(super) fn new(every: Duration) -> LogLimiter {
         LogLimiter { every, state: Mutex::new((None, 0)) }
     }
 
     /// Some(suppressed since the last line) when a line may be written now.
-    fn allow(&self) -> Option<u64> {
+    pub(super) fn allow(&self) -> Option<u64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match st.0 {
@@ -134,7 +134,7 @@ impl LogLimiter {
     }
 }
 
-fn more(suppressed: u64) -> String {
+pub(super) fn more(suppressed: u64) -> String {
     if suppressed == 0 {
         String::new()
     } else {
@@ -143,7 +143,7 @@ fn more(suppressed: u64) -> String {
 }
 
 /// Resolves once the daemon is stopping.
-async fn stopping(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopping(stop: &mut watch::Receiver<bool>) {
     // An error means the sender is gone: stopping too.
     let _ = stop.wait_for(|s| *s).await;
 }
@@ -463,7 +463,7 @@ async fn introspect(app: &Arc<App>, generation: &Arc<Generation>, req: Request<I
 }
 
 /// A request body as read.
-enum Body {
+pub(super) enum Body {
     Complete(Bytes),
     /// Over the limit; `drained` when the rest was read (and dropped) to its end, so the client sees
     /// the 413 on a clean connection instead of a reset.
@@ -477,7 +477,7 @@ enum Body {
 const MAX_DRAINED_BYTES: usize = 1024 * 1024;
 
 /// Reads a body of at most `limit` bytes; holds no more than that in memory.
-async fn read_body(mut body: Incoming, limit: usize) -> Body {
+pub(super) async fn read_body(mut body: Incoming, limit: usize) -> Body {
     let mut kept = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {

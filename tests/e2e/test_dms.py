@@ -249,10 +249,13 @@ def test_known_keys_in_script_match_src_config():
     src = open(os.path.join(dms_root.REPO, "src", "config.rs")).read()
     parse_keys = set(re.findall(r'^ {16}"([a-z0-9_]+)" =>', src, re.M))
     ignored = set(re.findall(r'^ {4}\("([a-z0-9_]+)", "', src, re.M))
+    scim_src = open(os.path.join(dms_root.REPO, "src", "scim", "settings.rs")).read()
+    scim = set(re.findall(r'^ {4}"(scim_[a-z0-9_]+)",$', scim_src, re.M))
+    assert "scim_listen" in scim
     script = open(dms_root.USER_PATCHES).read()
     m = re.search(r"^KNOWN_KEYS='(.*?)'$", script, re.M | re.S)
     assert m, "KNOWN_KEYS not found in user-patches.sh"
-    assert set(m.group(1).split()) == parse_keys | ignored
+    assert set(m.group(1).split()) == parse_keys | ignored | scim
 
 
 # --- a broken install: DMS's own oauth2 passdb keeps working ----------------------------------------
