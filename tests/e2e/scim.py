@@ -24,6 +24,7 @@ import secrets
 import ssl
 import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 
@@ -65,7 +66,10 @@ class ScimDaemon(oauth2d_runner.Daemon):
             f.write(self.token + "\n")
         os.chmod(self.token_path, 0o600)
         self.tls = tls  # (cert, key) PEM files: the listener speaks TLS, the clients verify that cert
-        self.scim_keys = {"scim_listen": f"{HOST}:{self.scim_port}", "scim_token": f"<{self.token_path}", **scim}
+        # The tests send many requests a minute (scim2-tester alone some hundreds): the default rate
+        # limit (600/min) stays for the test that checks it.
+        self.scim_keys = {"scim_listen": f"{HOST}:{self.scim_port}", "scim_token": f"<{self.token_path}",
+                          "scim_max_requests_per_minute": "100000", **scim}
         if tls:
             self.scim_keys.update(scim_tls_cert=tls[0], scim_tls_key=tls[1])
         super().__init__(workdir, provider.rstrip("\n") + "\n" + settings_lines(self.scim_keys))
@@ -127,6 +131,10 @@ class ScimDaemon(oauth2d_runner.Daemon):
         r = self.scim("POST", "/Users", body)
         assert r.status == 201, (r.status, r.text)
         return r.json
+
+    def find(self, filter_text: str) -> Reply:
+        """GET /Users?filter=... with the filter percent-encoded."""
+        return self.scim("GET", "/Users?filter=" + urllib.parse.quote(filter_text, safe=""))
 
     def users(self) -> list[dict]:
         """Every user, read page by page (the service may cap count)."""
