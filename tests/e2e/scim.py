@@ -57,7 +57,11 @@ class ScimDaemon(oauth2d_runner.Daemon):
     """dovecot-oauth2d with its SCIM listener. `scim` holds the scim_* keys other than scim_listen and
     scim_token (the backend's), e.g. {"scim_backend": "dms", "scim_dms_config_dir": ...}."""
 
-    def __init__(self, workdir: str, provider: str, scim: dict[str, str], *, tls: tuple[str, str] | None = None):
+    def __init__(self, workdir: str, provider: str, scim: dict[str, str], *, tls: tuple[str, str] | None = None,
+                 own_listener: bool = True):
+        # own_listener=False: `provider` already has the listener keys (a settings file written by
+        # docker/user-patches.sh), which are kept as they are
+        self.own_listener = own_listener
         os.makedirs(workdir, exist_ok=True)
         self.scim_port = _free_ports(1)[0]
         self.token = secrets.token_urlsafe(33)  # 44 characters: over the 32 the daemon requires
@@ -73,6 +77,9 @@ class ScimDaemon(oauth2d_runner.Daemon):
         if tls:
             self.scim_keys.update(scim_tls_cert=tls[0], scim_tls_key=tls[1])
         super().__init__(workdir, provider.rstrip("\n") + "\n" + settings_lines(self.scim_keys))
+
+    def with_listener(self, settings: str) -> str:
+        return super().with_listener(settings) if self.own_listener else settings
 
     @property
     def base_url(self) -> str:
