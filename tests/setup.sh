@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a Debian 12 machine (run as root): Dovecot 2.3 (imapd,
 # pop3d, submissiond, auth-lua), Postfix, curl, openssl, systemd-analyze (checks the README's unit),
-# Node's oidc-provider (the test identity provider), pytest and supervisor (DMS edge runs the daemon
-# under supervisord) for the python3 on PATH, and Debian 13's Dovecot 2.4.1 in a chroot
-# (tests/trixie.sh). Quick when everything is there (tests/run.sh calls it every time).
+# Node's oidc-provider (the test identity provider), pytest, supervisor (DMS edge runs the daemon
+# under supervisord) and the SCIM tests' scim2-tester and scim2-client for the python3 on PATH, and
+# Debian 13's Dovecot 2.4.1 in a chroot (tests/trixie.sh). Quick when everything is there (tests/run.sh calls it every time).
 #
 # It never stops, starts or reconfigures the machine's Dovecot or Postfix, nor edits /etc/dovecot or
 # /etc/postfix: the tests and the demo run private instances from a temporary directory. Packages it
@@ -19,9 +19,16 @@ for pkg in dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-
 done
 # pytest and supervisor for the python3 the tests run with (pyenv's or Debian's): pip where that
 # python3 has it, else Debian's packages (which serve Debian's python3), installed with the others.
+# (The SCIM packages have no Debian package: they need pip.)
 need_py=()
 python3 -c 'import pytest' 2>/dev/null || need_py+=(pytest)
 python3 -c 'import supervisor' 2>/dev/null || need_py+=(supervisor)
+# The SCIM tests' client and compliance checker (issue 13), pinned: PyPI only, so pip is required.
+scim_py=("scim2-tester==0.5.2" "scim2-client[httpx2]==0.13.2" "scim2-models==0.12.3" "httpx2==2.16.2")
+python3 -c 'import importlib.metadata as m, sys; sys.exit(0 if [m.version(p) for p in ("scim2-tester", "scim2-client", "scim2-models", "httpx2")] == ["0.5.2", "0.13.2", "0.12.3", "2.16.2"] else 1)' 2>/dev/null || {
+  python3 -m pip --version >/dev/null 2>&1 || { echo "setup: pip for $(command -v python3) is required (scim2-tester, scim2-client)" >&2; exit 1; }
+  need_py+=("${scim_py[@]}")
+}
 if ((${#need_py[@]})); then
   if python3 -m pip --version >/dev/null 2>&1; then
     echo "setup: pip install ${need_py[*]}"
