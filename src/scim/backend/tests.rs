@@ -459,3 +459,157 @@ fn a_lock_another_process_took_over_is_not_removed() {
     drop(held);
     assert_eq!(fs::read_to_string(&lock).unwrap(), "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n");
 }
+
+fn plain_config(e: &Env, after_change: &[&str]) -> PlainConfig {
+    PlainConfig {
+        passwd_file: e.d.path("passwd"),
+        mailbox_map: e.d.path("vmailbox"),
+        alias_map: e.d.path("virtual"),
+        uid: 5000,
+        gid: 5001,
+        mail_root: e.d.path("mail"),
+        delete_mailbox: false,
+        after_change: after_change.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn read(e: &Env, name: &str) -> String {
+    fs::read_to_string(e.d.path(name)).unwrap_or_default()
+}
+
+/// An after-change command that counts its runs in `<dir>/runs`.
+fn counting(e: &Env) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), "echo run >>\"$0\"".into(), e.d.path("runs").display().to_string()]
+}
+
+fn runs(e: &Env) -> usize {
+    read(e, "runs").lines().count()
+}
+
+#[test]
+fn a_plain_account_is_a_passwd_file_line_a_mailbox_map_line_and_alias_lines() {
+    let e = Env::new();
+    let p = Plain::new(plain_config(&e, &[]));
+    let a = acct("ann@x.org", &["a.nn@x.org"], None);
+    p.apply(None, Some(&a)).unwrap();
+    let line = read(&e, "passwd");
+    let f: Vec<&str> = line.trim_end().split(':').collect();
+    let home = e.d.path("mail/x.org/ann").display().to_string();
+    assert_eq!(
+        (f[0], &f[1][..9], f[2], f[3], f[4], f[5], f[6], f[7]),
+        ("ann@x.org", "{SSHA512}", "5000", "5001", "", home.as_str(), "", "")
+    );
+    assert_eq!(f.len(), 8);
+    assert_eq!(read(&e, "vmailbox"), "ann@x.org x.org/ann/\n");
+    assert_eq!(read(&e, "virtual"), "a.nn@x.org ann@x.org\n");
+    assert!(p.holds(&a).unwrap());
+}
+
+#[test]
+fn a_plain_change_runs_the_after_change_command_and_a_reapply_that_writes_nothing_does_not() {
+    let e = Env::new();
+    let cmd = counting(&e);
+    let p = Plain::new(PlainConfig { after_change: cmd, ..plain_config(&e, &[]) });
+    let a = acct("ann@x.org", &[], None);
+    p.apply(None, Some(&a)).unwrap();
+    assert_eq!(runs(&e), 1);
+    p.apply(Some(&a), Some(&a)).unwrap();
+    assert_eq!(runs(&e), 1);
+    // A requested change the files already hold (a crash before the command ran) runs it again.
+    p.apply(None, Some(&a)).unwrap();
+    assert_eq!(runs(&e), 2);
+}
+
+#[test]
+fn a_failing_after_change_command_is_an_io_error_with_its_output_escaped() {
+    let e = Env::new();
+    let p = Plain::new(plain_config(&e, &["sh", "-c", "printf 'postmap: bad\\nline\\033[31m' >&2; exit 3"]));
+    match p.apply(None, Some(&acct("ann@x.org", &[], None))) {
+        Err(BackendError::Io(m)) => {
+            assert!(m.contains("postmap: bad\\nline\\u{1b}[31m"), "{m}");
+            assert!(m.contains("exit status: 3"), "{m}");
+            assert!(!m.contains('\n') && !m.contains('\x1b'), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_after_change_command_that_does_not_finish_is_killed_after_the_timeout() {
+    let e = Env::new();
+    let p = Plain::with_timeout(plain_config(&e, &["sleep", "60"]), Duration::from_millis(100));
+    match p.apply(None, Some(&acct("ann@x.org", &[], None))) {
+        Err(BackendError::Io(m)) => assert!(m.contains("killed"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_after_change_command_that_cannot_be_started_is_an_io_error() {
+    let e = Env::new();
+    let p = Plain::new(plain_config(&e, &["/nonexistent/postmap"]));
+    assert!(matches!(p.apply(None, Some(&acct("ann@x.org", &[], None))), Err(BackendError::Io(_))));
+}
+
+#[test]
+fn a_plain_rename_keeps_hash_and_extra_fields_and_moves_map_aliases_and_mailbox() {
+    let e = Env::new();
+    let p = Plain::new(plain_config(&e, &[]));
+    let a = acct("ann@x.org", &["a.nn@x.org"], None);
+    p.apply(None, Some(&a)).unwrap();
+    let line = read(&e, "passwd");
+    let hash = line.split(':').nth(1).unwrap().to_string();
+    fs::write(e.d.path("passwd"), format!("{}userdb_quota_rule=*:storage=1G\n", line.trim_end())).unwrap();
+    fs::create_dir_all(e.mailbox("x.org/ann/cur")).unwrap();
+    let b = acct("bea@x.org", &["a.nn@x.org"], None);
+    p.apply(Some(&a), Some(&b)).unwrap();
+    let home = e.d.path("mail/x.org/bea").display().to_string();
+    assert_eq!(read(&e, "passwd"), format!("bea@x.org:{hash}:5000:5001::{home}::userdb_quota_rule=*:storage=1G\n"));
+    assert_eq!(read(&e, "vmailbox"), "bea@x.org x.org/bea/\n");
+    assert_eq!(read(&e, "virtual"), "a.nn@x.org bea@x.org\n");
+    assert!(e.mailbox("x.org/bea/cur").exists());
+}
+
+#[test]
+fn a_plain_account_the_admin_made_is_taken() {
+    let e = Env::new();
+    fs::write(e.d.path("passwd"), "ann@x.org:{PLAIN}x:1:1::/home/ann::\n").unwrap();
+    let p = Plain::new(plain_config(&e, &[]));
+    assert_eq!(p.apply(None, Some(&acct("ann@x.org", &[], None))), Err(BackendError::Taken("ann@x.org".into())));
+    assert_eq!(read(&e, "vmailbox"), "");
+}
+
+#[test]
+fn a_plain_mailbox_map_entry_of_the_admin_is_taken() {
+    let e = Env::new();
+    fs::write(e.d.path("vmailbox"), "# admin\nann@x.org elsewhere/ann/\n").unwrap();
+    let p = Plain::new(plain_config(&e, &[]));
+    assert_eq!(p.apply(None, Some(&acct("ann@x.org", &[], None))), Err(BackendError::Taken("ann@x.org".into())));
+    assert_eq!(read(&e, "passwd"), "");
+}
+
+#[test]
+fn a_plain_delete_removes_the_lines_and_keeps_admin_lines() {
+    let e = Env::new();
+    fs::write(e.d.path("virtual"), "# aliases\npostmaster@x.org admin@x.org\n").unwrap();
+    let p = Plain::new(plain_config(&e, &[]));
+    let a = acct("ann@x.org", &["a.nn@x.org"], None);
+    p.apply(None, Some(&a)).unwrap();
+    p.apply(Some(&a), None).unwrap();
+    assert_eq!(read(&e, "passwd"), "");
+    assert_eq!(read(&e, "vmailbox"), "");
+    assert_eq!(read(&e, "virtual"), "# aliases\npostmaster@x.org admin@x.org\n");
+}
+
+#[test]
+fn a_plain_account_line_with_another_uid_is_rewritten_keeping_its_hash() {
+    let e = Env::new();
+    let a = acct("ann@x.org", &[], None);
+    Plain::new(plain_config(&e, &[])).apply(None, Some(&a)).unwrap();
+    let hash = read(&e, "passwd").split(':').nth(1).unwrap().to_string();
+    let p = Plain::new(PlainConfig { uid: 6000, ..plain_config(&e, &[]) });
+    assert!(!p.holds(&a).unwrap());
+    p.apply(Some(&a), Some(&a)).unwrap();
+    assert!(p.holds(&a).unwrap());
+    assert_eq!(read(&e, "passwd").split(':').nth(1).unwrap(), hash);
+}
