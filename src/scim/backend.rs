@@ -91,3 +91,14 @@ pub struct PlainConfig {
     /// `scim_after_change`: a command (split on white space, no shell) run after each change.
     pub after_change: Vec<String>,
 }
+
+mod common;
+mod dms;
+mod plain;
+
+pub use common::{unusable_password, valid_quota};
+pub use dms::{Dms, LockWait};
+pub use plain::Plain;
+
+#[cfg(test)]
+mod tests;
