@@ -69,7 +69,12 @@ pub fn reload(shared: &Shared) -> Result<(Reloaded, Vec<String>), DaemonError> {
 
 /// Whether two settings ask the engine for the same thing (everything but the daemon's own keys).
 fn same_engine_settings(a: &Settings, b: &Settings) -> bool {
-    let strip = |s: &Settings| Settings { listen: Default::default(), scim: Default::default(), warnings: Vec::new(), ..s.clone() };
+    let strip = |s: &Settings| Settings {
+        listen: Default::default(),
+        scim: Default::default(),
+        warnings: Vec::new(),
+        ..s.clone()
+    };
     strip(a) == strip(b)
 }
 

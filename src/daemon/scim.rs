@@ -5,7 +5,7 @@
 //! requests themselves are [`crate::scim::service`]'s, run on the blocking pool (they write files).
 
 use super::log;
-use super::server::{more, read_body, stopping, Body, LogLimiter};
+use super::server::{more, read_body, stopping, Body, LogLimiter, MAX_DRAINED_BYTES};
 use crate::escape::shown;
 use crate::scim::error::ScimError;
 use crate::scim::service::{Reply, Request, Service};
@@ -114,9 +114,7 @@ impl ScimApp {
         let host = host
             .and_then(|h| h.to_str().ok())
             .filter(|h| {
-                !h.is_empty()
-                    && h.len() <= 255
-                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
             })
             .unwrap_or(local);
         format!("{}://{host}{PREFIX}", self.scheme())
@@ -157,17 +155,15 @@ pub async fn accept_loop(app: Arc<ScimApp>, listener: TcpListener, mut stop: wat
         tokio::spawn(async move {
             let peer: Arc<str> = peer.to_string().into();
             match &app.tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(app.clone(), tls, peer, local, stop).await,
-                        Ok(Err(e)) => {
-                            if let Some(n) = app.auth_log.allow() {
-                                log::warning(&format!("scim: TLS handshake with {peer} failed: {e}{}", more(n)));
-                            }
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve(app.clone(), tls, peer, local, stop).await,
+                    Ok(Err(e)) => {
+                        if let Some(n) = app.auth_log.allow() {
+                            log::warning(&format!("scim: TLS handshake with {peer} failed: {e}{}", more(n)));
                         }
-                        Err(_) => {}
                     }
-                }
+                    Err(_) => {}
+                },
                 None => serve(app.clone(), stream, peer, local, stop).await,
             }
             drop(permit);
@@ -249,39 +245,36 @@ async fn handle(
     let base = app.base(req.headers().get(HOST), &local);
     let if_match = req.headers().get("if-match").and_then(|v| v.to_str().ok()).map(str::to_string);
     let announced = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    // A body a little over the limit is read to its end and dropped, so the client sees the 413
+    // (not a reset while it is still sending); a much larger one is refused at once.
+    if announced.is_some_and(|n| n > (MAX_BODY_BYTES + MAX_DRAINED_BYTES) as u64) {
         log::warning(&format!("scim: refused {method} {} from {peer}: body over {MAX_BODY_BYTES} bytes", shown(&path)));
         return refuse(ScimError::new(413, None, format!("the request body is over {MAX_BODY_BYTES} bytes")));
     }
     let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body(), MAX_BODY_BYTES)).await {
         Ok(Body::Complete(b)) => b,
-        Ok(Body::TooLarge { .. }) => {
+        Ok(Body::TooLarge { drained }) => {
             log::warning(&format!(
                 "scim: refused {method} {} from {peer}: body over {MAX_BODY_BYTES} bytes",
                 shown(&path)
             ));
-            return refuse(ScimError::new(413, None, format!("the request body is over {MAX_BODY_BYTES} bytes")));
+            let e = ScimError::new(413, None, format!("the request body is over {MAX_BODY_BYTES} bytes"));
+            return Ok(respond(e.into(), !drained));
         }
         Ok(Body::Broken) => return refuse(ScimError::invalid_syntax("the request body could not be read")),
         Err(_) => return refuse(ScimError::new(408, None, "the request body took too long")),
     };
     let service = app.service.clone();
-    let (m, p) = (method.clone(), path.clone());
+    let m = method.clone();
     let reply = tokio::task::spawn_blocking(move || {
-        let request = Request {
-            method: &m,
-            path: &rest,
-            query: &query,
-            body: &body,
-            if_match: if_match.as_deref(),
-            base: &base,
-        };
+        let request =
+            Request { method: &m, path: &rest, query: &query, body: &body, if_match: if_match.as_deref(), base: &base };
         service.handle(&request)
     })
     .await
     .unwrap_or_else(|_| ScimError::internal("internal error (see the daemon's log)").into());
     if let Some(note) = &reply.note {
-        let line = format!("scim: {m} {} from {peer}: {note}", shown(&p));
+        let line = format!("scim: {method} {} from {peer}: {note}", shown(&path));
         if reply.status < 400 {
             log::info(&line);
         } else if reply.status >= 500 {

@@ -474,7 +474,7 @@ pub(super) enum Body {
 }
 
 /// How much of an oversized body is read and dropped, at most, before giving up on it.
-const MAX_DRAINED_BYTES: usize = 1024 * 1024;
+pub(super) const MAX_DRAINED_BYTES: usize = 1024 * 1024;
 
 /// Reads a body of at most `limit` bytes; holds no more than that in memory.
 pub(super) async fn read_body(mut body: Incoming, limit: usize) -> Body {

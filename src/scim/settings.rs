@@ -174,8 +174,11 @@ impl ScimKeys {
                 let v = value.trim_end_matches('/');
                 if !v.is_empty() {
                     let u = url::Url::parse(v).map_err(|_| "is not a URL".to_string())?;
-                    if !matches!(u.scheme(), "http" | "https") || !u.username().is_empty() || u.password().is_some()
-                        || u.query().is_some() || u.fragment().is_some()
+                    if !matches!(u.scheme(), "http" | "https")
+                        || !u.username().is_empty()
+                        || u.password().is_some()
+                        || u.query().is_some()
+                        || u.fragment().is_some()
                     {
                         return Err("must be an http(s) URL without credentials, query or fragment".into());
                     }

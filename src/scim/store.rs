@@ -110,6 +110,12 @@ impl Store {
         Ok(Store { path: path.to_path_buf(), state, _lock: lock })
     }
 
+    /// Reads the state file without the lock (for `--scim-status` beside a running daemon: the file
+    /// is only ever replaced whole, so what is read is one committed state).
+    pub fn read(path: &Path) -> Result<State, StoreError> {
+        read_state(path)
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }

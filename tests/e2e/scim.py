@@ -220,7 +220,10 @@ def served_values(client, domain: str, quotas: Sequence[str] = ("1G", "512M", "2
     Every other attribute keeps the tester's own random values. Returns the address source."""
     addresses = FreshAddresses(domain)
     touched = []
-    for model in client.provider.models:
+    # The discovered schema models, and the resource model the tester fills (User[MailUser] when an
+    # extension is published: a class of its own, with its own field infos).
+    models = list(client.provider.models) + [client.get_resource_model("User")]
+    for model in models:
         fields = model.model_fields
         if "user_name" in fields:
             fields["user_name"].examples = addresses

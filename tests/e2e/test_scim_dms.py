@@ -26,6 +26,7 @@ import imaplib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 
@@ -69,22 +70,19 @@ def setup_email(stage: Stage, *args: str) -> subprocess.CompletedProcess:
     return dms_bash(stage, f"/usr/local/bin/{names[args[0]]} {quoted}", **extra)
 
 
-def rebuild(stage: Stage) -> None:
-    """What DMS's changedetector runs for changed account files (check-for-changes.sh, _handle_changes)."""
+def rebuild(stage: Stage, dovecot: EdgeDovecot | None = None) -> None:
+    """What DMS's changedetector runs for changed account files (check-for-changes.sh, _handle_changes),
+    and its `dovecot reload` afterwards when `dovecot` is given (SIGHUP to the master: what a reload is)."""
     p = dms_bash(stage, "source /usr/local/bin/helpers/index.sh\n_create_postfix_vhost\n_create_accounts\n"
                         "_handle_postfix_virtual_config\n_chown_var_mail_if_necessary\n", rebuild=True)
     assert p.returncode == 0, p.stdout + p.stderr
-    dovecot = (dms_edge._id(stage.path("etc/passwd"), "dovecot"), dms_edge._id(stage.path("etc/group"), "dovecot"))
-    os.chown(stage.path("etc/dovecot/userdb"), *dovecot)
-
-
-def doveadm(stage: Stage, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    """Dovecot 2.4.1's doveadm in the chroot on the tree's files (as dms_edge.chroot_run, with stdin)."""
-    script = (dms_edge._NAMESPACE + dms_edge._binds(stage, dms_edge.DOVECOT_BINDS, stage.chroot)
-              + 'exec chroot "$root" "$@"\n')
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", stage.chroot,
-                           stage.root, "/usr/bin/doveadm", "-c", "/etc/dovecot/dovecot.conf", *args],
-                          input=input, capture_output=True, timeout=60, env={"PATH": dms_edge.PATH})
+    dovecot_ids = (dms_edge._id(stage.path("etc/passwd"), "dovecot"), dms_edge._id(stage.path("etc/group"), "dovecot"))
+    os.chown(stage.path("etc/dovecot/userdb"), *dovecot_ids)
+    if dovecot is not None:
+        mark = dovecot.log_mark()
+        os.kill(dovecot._proc.pid, signal.SIGHUP)
+        text = dovecot.wait_log(mark, "SIGHUP received", timeout=30)
+        assert "SIGHUP received" in text, text
 
 
 @pytest.fixture(scope="module")
@@ -220,28 +218,73 @@ def test_postfix_refuses_a_deactivated_address(dms):
 def test_provisioned_user_logs_in_over_imap_with_a_real_token_and_not_after_delete(dms, live_idp):
     d, dov = dms["daemon"], dms["dovecot"]
     u = d.create(user(CAROL))
-    rebuild(dms["stage"])
+    rebuild(dms["stage"], dov)
     mark = dov.log_mark()
     r = dov.imap_login(CAROL, live_idp.token("carol"), "XOAUTH2")
     assert r.ok, r.text + dov.log_since(mark)
     assert d.scim("DELETE", f"/Users/{u['id']}").status == 204
-    rebuild(dms["stage"])
+    rebuild(dms["stage"], dov)
+    mark = dov.log_mark()
     r = dov.imap_login(CAROL, live_idp.token("carol"), "XOAUTH2")
-    assert not r.ok, r.text
+    assert not r.ok, r.text + "\n" + dov.log_since(mark) + dms["stage"].read("etc/dovecot/userdb") + open(dms["config"] + "/postfix-accounts.cf").read()
 
 
-def test_rename_keeps_the_mailbox(dms):
+def _inbox_subjects(port: int, login: str, token: str) -> list[bytes]:
+    """The subjects in INBOX, read over IMAP by a user logged in with XOAUTH2."""
+    imap = imaplib.IMAP4(HOST, port, timeout=30)
+    try:
+        auth = f"user={login}\x01auth=Bearer {token}\x01\x01".encode()
+        imap.authenticate("XOAUTH2", lambda _: auth)
+        typ, _ = imap.select("INBOX", readonly=True)
+        assert typ == "OK"
+        typ, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return [part[1] for part in data if isinstance(part, tuple)]
+    finally:
+        imap.shutdown()
+
+
+def test_a_rename_onto_a_kept_mailbox_with_mail_is_a_conflict(dms):
+    """carol's mailbox stays after her deletion (the login test): another user with a mailbox of its
+    own renamed to carol would merge the two, so the rename is refused and nothing changes."""
+    d = dms["daemon"]
+    assert os.path.isdir(dms["stage"].path(f"var/mail/{DOMAIN}/carol"))
+    u = d.create(user("carol.other@" + DOMAIN))
+    rebuild(dms["stage"])  # DMS makes its mailbox folder
+    assert os.path.isdir(dms["stage"].path(f"var/mail/{DOMAIN}/carol.other"))
+    before = scim.dms_files(dms["config"])
+    r = d.scim("PATCH", f"/Users/{u['id']}", patch({"op": "replace", "path": "userName", "value": CAROL}))
+    assert r.status == 409, r.text
+    assert scim.dms_files(dms["config"]) == before
+    assert d.scim("DELETE", f"/Users/{u['id']}").status == 204
+
+
+def test_rename_keeps_the_mailbox(dms, live_idp):
+    """A message in the old account's maildir is in the renamed account's INBOX, read over IMAP."""
     d, st = dms["daemon"], dms["stage"]
-    u = d.create(user("quy@example.test"))
+    # bob: carol's mailbox, kept after the login test deleted her, is not free for a rename
+    new = "bob@" + DOMAIN
+    old = "bob.before@" + DOMAIN
+    u = d.create(user(old))
     rebuild(st)
-    # a message delivered into the account's maildir (as Dovecot's LMTP would, owned by docker)
-    msg = b"From: a@example.net\r\nTo: quy@example.test\r\nSubject: before the rename\r\n\r\nhello\r\n"
-    deliver = doveadm(st, "save", "-u", "quy@example.test", input=msg)
-    assert deliver.returncode == 0, deliver.stderr
-    r = d.scim("PATCH", f"/Users/{u['id']}", patch({"op": "replace", "path": "userName", "value": "quinn@example.test"}))
+    # a message delivered into the account's maildir as Dovecot's LMTP leaves it, owned by the
+    # userdb's uid/gid (DMS's docker user)
+    fields = next(ln for ln in st.read("etc/dovecot/userdb").splitlines() if ln.startswith(old + ":")).split(":")
+    uid, gid = int(fields[2]), int(fields[3])
+    maildir = st.path(f"var/mail/{DOMAIN}/bob.before")
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    msg = os.path.join(maildir, "new", "1700000000.M1P1.scimtest")
+    with open(msg, "wb") as f:
+        f.write(b"From: a@example.net\r\nTo: " + old.encode() + b"\r\nSubject: before the rename\r\n\r\nhello\r\n")
+    for root_, dirs, files in os.walk(os.path.dirname(maildir)):
+        for name in [root_, *(os.path.join(root_, x) for x in dirs + files)]:
+            os.chown(name, uid, gid)
+    r = d.scim("PATCH", f"/Users/{u['id']}", patch({"op": "replace", "path": "userName", "value": new}))
     assert r.status in (200, 204), r.text
-    rebuild(st)
-    assert "quinn@example.test" in scim.accounts(dms["config"]) and "quy@example.test" not in scim.accounts(dms["config"])
-    found = doveadm(st, "search", "-u", "quinn@example.test", "mailbox", "INBOX", "subject", "before the rename")
-    assert found.returncode == 0 and found.stdout.strip(), found.stdout + found.stderr
-
+    rebuild(st, dms["dovecot"])
+    accounts = scim.accounts(dms["config"])
+    assert new in accounts and old not in accounts
+    assert not os.path.exists(maildir)
+    subjects = _inbox_subjects(dms["dovecot"].imap_port, new, live_idp.token("bob"))
+    assert any(b"before the rename" in s for s in subjects), subjects
+    assert d.scim("DELETE", f"/Users/{u['id']}").status == 204
