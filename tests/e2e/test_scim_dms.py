@@ -25,6 +25,7 @@ from __future__ import annotations
 import imaplib
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -91,14 +92,23 @@ def dms(workroot, idp):
     need(chroot_problem())
     chroot = chroot_dir()
     st = Stage(chroot)
-    imap_port, listen_port = dms_edge.free_ports(2)
+    imap_port, listen_port, scim_port = dms_edge.free_ports(3)
+    # SCIM as a DMS admin turns it on: OAUTH2_SCIM_* variables, the token in the config volume
     env = {"ENABLE_OAUTH2": "1", "OAUTH2_INTROSPECTION_URL": idp.userinfo_url, "OAUTH2_MAX_IDLE_TIME_MSECS": "2000",
-           "OAUTH2_LISTEN": f"127.0.0.1:{listen_port}"}
+           "OAUTH2_LISTEN": f"127.0.0.1:{listen_port}", "OAUTH2_SCIM_LISTEN": f"127.0.0.1:{scim_port}",
+           "OAUTH2_SCIM_TOKEN": f"<{st.inside}/tmp/docker-mailserver/scim.token", "OAUTH2_SCIM_DOMAINS": DOMAIN}
     d = dov = stack = None
     try:
         build_tree(st, env=env, imap_port=imap_port, daemon=dms_edge.BUILT_DAEMON)
+        with open(st.path("tmp/docker-mailserver/scim.token"), "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
         p = run_user_patches(st, env)
         assert p.returncode == 0 and "switched Dovecot 2.4.1" in p.stdout, p.stdout + p.stderr
+        written = st.read(SETTINGS)
+        for key in ("scim_listen", "scim_token", "scim_domains"):
+            assert re.search(rf"^{key} = ", written, re.M), (key, written)
+        # it writes DMS's account files, which root owns: the daemon runs as root with SCIM
+        assert re.search(r"^user=root$", st.read("etc/supervisor/conf.d/dovecot-oauth2d.conf"), re.M)
         # DMS's account scripts at their image paths
         shutil.copytree(os.path.join(EDGE_FILES, "helpers"), st.path("usr/local/bin/helpers"))
         for name in os.listdir(os.path.join(EDGE_FILES, "bin")):
@@ -108,7 +118,9 @@ def dms(workroot, idp):
             open(st.path("etc/postfix/" + name), "a").close()
         config_dir = st.path("tmp/docker-mailserver")
         # the daemon: the settings user-patches.sh wrote (paths moved into the tree) + the scim_* keys
-        settings = st.read(SETTINGS).replace("</etc/dovecot/", "<" + st.path("etc/dovecot") + "/")
+        # (the SCIM listener and token the harness sets come after the script's, and are used)
+        settings = written.replace("</etc/dovecot/", "<" + st.path("etc/dovecot") + "/").replace(
+            "<" + st.inside + "/", "<" + st.root + "/")
         d = ScimDaemon(os.path.join(st.dir, "scim-daemon"), settings, {
             "scim_domains": DOMAIN, "scim_backend": "dms", "scim_dms_config_dir": config_dir,
             "scim_mail_root": st.path("var/mail"), "scim_aliases": "yes", "scim_delete_mailbox": "no",
