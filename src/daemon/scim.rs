@@ -5,7 +5,7 @@
 //! requests themselves are [`crate::scim::service`]'s, run on the blocking pool (they write files).
 
 use super::log;
-use super::server::{more, read_body, stopping, Body, LogLimiter, MAX_DRAINED_BYTES};
+use super::server::{more, next_accepted, read_body, serve_http1, Body, LogLimiter, LIMITS, MAX_DRAINED_BYTES};
 use crate::escape::shown;
 use crate::scim::error::ScimError;
 use crate::scim::service::{Reply, Request, Service};
@@ -15,7 +15,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::Response;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +26,8 @@ use tokio_rustls::TlsAcceptor;
 /// The largest request body: a user is at most 64 KiB; a PATCH with many operations stays far below.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const PREFIX: &str = "/scim/v2";
 
 pub struct ScimApp {
@@ -126,21 +123,7 @@ pub async fn accept_loop(app: Arc<ScimApp>, listener: TcpListener, mut stop: wat
     let local = listener.local_addr().map_or_else(|_| "localhost".into(), |a| a.to_string());
     let local: Arc<str> = local.into();
     let accept_log = LogLimiter::new(Duration::from_secs(10));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stopping(&mut stop) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(n) = accept_log.allow() {
-                    log::error(&format!("scim: cannot accept a connection: {e}{}", more(n)));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_accepted(|| listener.accept(), &mut stop, &accept_log, "scim: ").await {
         let Ok(permit) = app.connections.clone().try_acquire_owned() else {
             if let Some(n) = accept_log.allow() {
                 log::warning(&format!(
@@ -171,30 +154,15 @@ pub async fn accept_loop(app: Arc<ScimApp>, listener: TcpListener, mut stop: wat
     }
 }
 
-async fn serve<S>(app: Arc<ScimApp>, stream: S, peer: Arc<str>, local: Arc<str>, mut stop: watch::Receiver<bool>)
+async fn serve<S>(app: Arc<ScimApp>, stream: S, peer: Arc<str>, local: Arc<str>, stop: watch::Receiver<bool>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = {
+    let handler = {
         let app = app.clone();
-        hyper::service::service_fn(move |req| handle(app.clone(), peer.clone(), local.clone(), req))
+        move |req| handle(app.clone(), peer.clone(), local.clone(), req)
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_header_size(MAX_HEADER_BYTES)
-        .max_buf_size(MAX_HEADER_BYTES.max(8192))
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopping(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.as_mut().await;
-        }
-    }
+    serve_http1(stream, &LIMITS, handler, stop).await;
 }
 
 fn respond(reply: Reply, close: bool) -> Response<Full<Bytes>> {

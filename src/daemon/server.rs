@@ -187,24 +187,65 @@ enum Stream {
     Unix(UnixStream),
 }
 
-/// Accepts connections until `stop` turns true.
-pub async fn accept_loop(app: Arc<App>, role: Role, listener: Listener, mut stop: watch::Receiver<bool>) {
+/// The next connection `accept` gives; `None` once the daemon is stopping. A failed accept (out of
+/// file descriptors and the like) is said, at most once per interval, and retried after a pause
+/// instead of spinning.
+pub(super) async fn next_accepted<T, Fut>(
+    accept: impl Fn() -> Fut,
+    stop: &mut watch::Receiver<bool>,
+    accept_log: &LogLimiter,
+    what: &str,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stopping(&mut stop) => return,
+            r = accept() => r,
+            _ = stopping(stop) => return None,
         };
-        let (stream, peer) = match accepted {
-            Ok(c) => c,
+        match accepted {
+            Ok(c) => return Some(c),
             Err(e) => {
-                // Out of file descriptors and the like: say so, and do not spin.
-                if let Some(n) = app.accept_log.allow() {
-                    log::error(&format!("cannot accept a connection: {e}{}", more(n)));
+                if let Some(n) = accept_log.allow() {
+                    log::error(&format!("{what}cannot accept a connection: {e}{}", more(n)));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection with the daemon's header bounds until it ends; once the daemon
+/// is stopping, until the request in progress is answered (the caller bounds that wait).
+pub(super) async fn serve_http1<S, F, Fut>(stream: S, limits: &Limits, handler: F, mut stop: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .half_close(false)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), hyper::service::service_fn(handler));
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopping(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
+}
+
+/// Accepts connections until `stop` turns true.
+pub async fn accept_loop(app: Arc<App>, role: Role, listener: Listener, mut stop: watch::Receiver<bool>) {
+    while let Some((stream, peer)) = next_accepted(|| listener.accept(), &mut stop, &app.accept_log, "").await {
         match app.connections.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (app, stop) = (app.clone(), stop.clone());
@@ -264,34 +305,17 @@ async fn serve_connection<S>(
     stream: S,
     peer: Arc<str>,
     permit: OwnedSemaphorePermit,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     app.shared.counters.connections_open.fetch_add(1, Ordering::Relaxed);
     let _open = Open(&app.shared);
-    let service = {
+    let handler = {
         let app = app.clone();
-        hyper::service::service_fn(move |req| handle(app.clone(), role, peer.clone(), req))
+        move |req| handle(app.clone(), role, peer.clone(), req)
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.limits.header_read_timeout)
-        .max_header_size(app.limits.max_header_bytes)
-        .max_buf_size(app.limits.max_header_bytes.max(8192))
-        .half_close(false)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopping(&mut stop) => {
-            // Finish the request in progress, then close (the caller bounds the wait).
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.as_mut().await;
-        }
-    }
+    serve_http1(stream, &app.limits, handler, stop).await;
     drop(permit);
 }
 
