@@ -20,7 +20,14 @@
 #      makes that passdb quiet about its own mismatches (auth_verbose = no in auth-passwdfile.inc,
 #      auth_verbose_passwords = no in conf.d/99-dovecot-oauth2.conf) so that Fail2Ban counts one
 #      failure per refused login and none for an accepted app password,
-#   6. checks the result with `doveconf -n`.
+#   6. checks the result with `doveconf -n`,
+#   7. with any OAUTH2_SCIM_* variable set: runs dovecot-oauth2d beside the module for SCIM
+#      provisioning (the daemon found as for Dovecot 2.4, below), with its own settings file
+#      /etc/dovecot/dovecot-oauth2d.conf.ext (mode 0600: the module's settings + the OAUTH2_SCIM_*
+#      keys + a loopback listener with a random credential that nothing uses), as a supervisord
+#      program run as root (it writes DMS's account files). The OAUTH2_SCIM_* keys stay out of the
+#      module's file. A problem with this step only turns SCIM off (and says why): the switched
+#      passdb stays.
 #
 # Dovecot 2.4 (DMS edge): Dovecot checks XOAUTH2/OAUTHBEARER tokens itself with its `oauth2 {}` settings
 # and no passdb sees them, so the daemon dovecot-oauth2d answers Dovecot's RFC 7662 requests instead:
@@ -77,6 +84,13 @@ RT_SETTINGS='/etc/dovecot/dovecot-oauth2.conf.ext'
 RT_SECRET='/etc/dovecot/dovecot-oauth2d.secret'
 DAEMON="${DMS_ROOT}${RT_DAEMON}"
 SECRET="${DMS_ROOT}${RT_SECRET}"
+# Dovecot 2.3 with SCIM: the daemon's own settings (Dovecot's auth processes read RT_SETTINGS and must
+# not see the SCIM token), and the listener's client id (the secret is RT_SECRET, as on 2.4).
+# DAEMON_CONF is the daemon's settings file for the program and messages: RT_SETTINGS unless set.
+RT_SCIM_SETTINGS='/etc/dovecot/dovecot-oauth2d.conf.ext'
+RT_CLIENT_ID='/etc/dovecot/dovecot-oauth2d.client-id'
+SCIM_SETTINGS="${DMS_ROOT}${RT_SCIM_SETTINGS}"
+CLIENT_ID="${DMS_ROOT}${RT_CLIENT_ID}"
 SUPERVISOR_PROGRAM="${DMS_ROOT}/etc/supervisor/conf.d/dovecot-oauth2d.conf"
 DEFAULT_LISTEN='127.0.0.1:7662'
 
@@ -126,6 +140,8 @@ restore_originals() {
   done
   # Dovecot 2.4: DMS has no settings file of its own; the daemon's program goes with the switch.
   [[ -f ${SETTINGS} && ! -f ${SETTINGS}${ORIG_SUFFIX} ]] && grep -qF "${MARKER}" "${SETTINGS}" && rm -f "${SETTINGS}"
+  # Dovecot 2.3: the SCIM daemon goes with the switch too (its program just below)
+  [[ -f ${SCIM_SETTINGS} ]] && grep -qF "${MARKER}" "${SCIM_SETTINGS}" && rm -f "${SCIM_SETTINGS}"
   if [[ -f ${SUPERVISOR_PROGRAM} ]]; then
     rm -f "${SUPERVISOR_PROGRAM}"
     stop_daemon
@@ -347,7 +363,8 @@ EOF
 
 # apply_oauth2_variables FILE: every OAUTH2_<KEY> variable as `<key> = <value>` in FILE; gives up on a
 # key the module does not know (an unknown key makes every login fail temporarily) or one this script
-# manages itself (EXCLUDED_KEYS).
+# manages itself (EXCLUDED_KEYS). VARS_ONLY / VARS_SKIP (extended regexps of variable names) narrow the
+# variables applied: Dovecot 2.3 puts the OAUTH2_SCIM_* ones in the daemon's file only.
 apply_oauth2_variables() {
   local file=$1 name key value bad=()
   while IFS= read -r name; do
@@ -367,7 +384,7 @@ apply_oauth2_variables() {
     fi
     [[ ${value} == *'#'* && ${value} != *'"'* ]] && value="\"${value}\""
     set_key "${file}" "${key}" "${value}" || give_up "cannot edit the staged settings file"
-  done < <(compgen -e | grep -E '^OAUTH2_' | LC_ALL=C sort)
+  done < <(compgen -e | grep -E '^OAUTH2_' | grep -E "${VARS_ONLY:-^}" | { grep -vE "${VARS_SKIP:-^$}" || :; } | LC_ALL=C sort)
   ((${#bad[@]} == 0)) || give_up "${bad[@]}" "known keys:$(printf ' %s' ${KNOWN_KEYS})"
 }
 
@@ -429,10 +446,7 @@ main_23() {
   STAGE=$(mktemp -d) || give_up "mktemp failed"
   cp "${orig_settings}" "${STAGE}/settings" || give_up "cannot read ${orig_settings}"
   [[ -z $(tail -c1 "${STAGE}/settings") ]] || echo >> "${STAGE}/settings"
-  apply_oauth2_variables "${STAGE}/settings"
-  if compgen -e | grep -qE '^OAUTH2_SCIM_'; then
-    err "OAUTH2_SCIM_* is set, but SCIM provisioning runs in dovecot-oauth2d, which this script installs on Dovecot 2.4 (DMS edge) only: no SCIM service on this container (see README, SCIM provisioning, for running the daemon beside Dovecot 2.3)"
-  fi
+  VARS_SKIP='^OAUTH2_SCIM_' apply_oauth2_variables "${STAGE}/settings"
   stage_check_settings "${STAGE}/settings"
   local mechanisms='xoauth2 oauthbearer' passwords=0
   local orig_passwdfile="${PASSWDFILE_CONF}"
@@ -494,6 +508,86 @@ main_23() {
 
   log "switched the oauth2 passdb to dovecot-oauth2 (Lua passdb ${RT_LUA_SCRIPT}, module ${MODULE#"${DMS_ROOT}"} from ${module_src#"${DMS_ROOT}"}, settings ${SETTINGS#"${DMS_ROOT}"}); doveconf: ok"
   log "roll back: restore ${PASSDB_CONF#"${DMS_ROOT}"}${ORIG_SUFFIX} and ${SETTINGS#"${DMS_ROOT}"}${ORIG_SUFFIX}, or remove this script and recreate the container"
+
+  # --- SCIM: its own step, in a subshell whose give_up only turns SCIM off (the passdb stays switched)
+  if compgen -e | grep -qE '^OAUTH2_SCIM_'; then
+    (scim_23) || { [[ ${DOVECOT_OAUTH2_STRICT:-0} == 1 ]] && exit 1; }
+  elif [[ -f ${SCIM_SETTINGS} ]]; then
+    scim_23_remove
+  fi
+  return 0
+}
+
+# scim_off WHY...: SCIM is off on this container (the earlier run's program and settings go), the
+# switched passdb stays. Replaces give_up inside scim_23's subshell: exits that subshell only.
+scim_off() {
+  local why
+  for why in "$@"; do err "SCIM: ${why}"; done
+  scim_23_remove
+  err "SCIM provisioning is off on this container (the dovecot-oauth2 passdb is switched and works without it)"
+  exit 1
+}
+
+# scim_23_remove: takes out the SCIM daemon of an earlier run (its program and its settings file).
+scim_23_remove() {
+  if [[ -f ${SUPERVISOR_PROGRAM} ]] && grep -qF "${MARKER}" "${SUPERVISOR_PROGRAM}"; then
+    rm -f "${SUPERVISOR_PROGRAM}"
+    stop_daemon
+  fi
+  [[ -f ${SCIM_SETTINGS} ]] && grep -qF "${MARKER}" "${SCIM_SETTINGS}" && rm -f "${SCIM_SETTINGS}"
+  return 0
+}
+
+# scim_23: Dovecot 2.3: dovecot-oauth2d beside the module, for SCIM only (run in a subshell, after the
+# switch). Its settings are the module's as just installed (the same provider keys: the daemon checks
+# them as the module does), a loopback listener nobody asks (its credential random per container) and
+# the OAUTH2_SCIM_* keys.
+scim_23() {
+  give_up() { scim_off "$@"; }
+  STAGE="${STAGE}/scim"
+  mkdir -m 0700 "${STAGE}" || give_up "cannot make a staging folder"
+  local daemon_src why
+  daemon_src=$(daemon_source) \
+    || give_up "no dovecot-oauth2d (it serves SCIM); put it (built on Debian 12) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
+  why=$(check_daemon "${daemon_src}") || give_up "${why}"
+  local listen=${OAUTH2_LISTEN:-${DEFAULT_LISTEN}}
+  loopback_listen "${listen}" \
+    || give_up "OAUTH2_LISTEN='${listen}': the daemon's introspection listener (unused on Dovecot 2.3) stays on loopback (e.g. 127.0.0.1:7662)"
+
+  # --- staged: the settings, the secret; the client id inline (the file is root's alone)
+  local id secret
+  id=$(container_random "${CLIENT_ID}" 12) || give_up "cannot make a random client id"
+  secret=$(container_random "${SECRET}" 24) || give_up "cannot make a random secret"
+  printf '%s\n' "${id}" > "${STAGE}/client-id" && printf '%s\n' "${secret}" > "${STAGE}/secret" \
+    || give_up "cannot stage the listener's credential"
+  { printf '%s (read by dovecot-oauth2d for SCIM: Dovecot 2.3; the module reads %s)\n' "${MARKER}" "${RT_SETTINGS}"
+    grep -vF "${MARKER}" "${SETTINGS}"; } > "${STAGE}/settings" || give_up "cannot read ${SETTINGS#"${DMS_ROOT}"}"
+  set_key "${STAGE}/settings" listen "${listen}" \
+    && set_key "${STAGE}/settings" listen_client_id "${id}" \
+    && set_key "${STAGE}/settings" listen_client_secret "<${RT_SECRET}" \
+    || give_up "cannot edit the staged settings file"
+  VARS_ONLY='^OAUTH2_SCIM_' apply_oauth2_variables "${STAGE}/settings"
+  DAEMON_CONF=${RT_SCIM_SETTINGS}
+  daemon_check "${daemon_src}"
+  local scim_listen
+  scim_listen=$(sed -n 's/^scim_listen = //p' "${STAGE}/settings" | tail -n1)
+  [[ -n ${scim_listen} ]] || give_up "OAUTH2_SCIM_LISTEN is not set: the SCIM service's IP:PORT (e.g. 0.0.0.0:7643)"
+  DAEMON_USER=root
+  supervisor_program_text > "${STAGE}/program" || give_up "cannot write the staged supervisord program"
+
+  # --- install (root's alone: the SCIM token may be inline), then run it under DMS's supervisord
+  if [[ ${daemon_src} != "${DAEMON}" ]]; then
+    install_file "${daemon_src}" "${DAEMON}" 0755 || give_up "cannot install ${RT_DAEMON}"
+  fi
+  install_file "${STAGE}/client-id" "${CLIENT_ID}" 0600 || give_up "cannot write ${RT_CLIENT_ID}"
+  install_file "${STAGE}/secret" "${SECRET}" 0600 || give_up "cannot write ${RT_SECRET}"
+  install_file "${STAGE}/settings" "${SCIM_SETTINGS}" 0600 || give_up "cannot write ${RT_SCIM_SETTINGS}"
+  install_file "${STAGE}/program" "${SUPERVISOR_PROGRAM}" 0644 \
+    || give_up "cannot write ${SUPERVISOR_PROGRAM#"${DMS_ROOT}"}"
+  mkdir -p "${DMS_ROOT}/var/log/mail"
+  why=$(start_daemon) || give_up "${why}"
+  [[ -n ${why} ]] && printf '%s\n' "${why}"
+  log "SCIM provisioning: dovecot-oauth2d on ${scim_listen} (root, daemon ${RT_DAEMON} from ${daemon_src#"${DMS_ROOT}"}, settings ${RT_SCIM_SETTINGS}, log /var/log/mail/dovecot-oauth2d.log)"
 }
 
 # auth-oauth2.conf.ext for Dovecot 2.4: DMS's mechanisms, and an oauth2 {} block that points Dovecot's
@@ -537,7 +631,7 @@ autorestart=true
 user=${DAEMON_USER}
 redirect_stderr=true
 stdout_logfile=/var/log/mail/%(program_name)s.log
-command=${RT_DAEMON} -c ${RT_SETTINGS}
+command=${RT_DAEMON} -c ${DAEMON_CONF:-${RT_SETTINGS}}
 EOF
 }
 
@@ -560,7 +654,7 @@ EOF
 # script is run by start-mailserver.sh, itself a supervisord program).
 start_daemon() {
   if ! supervisord_running; then
-    log "supervisord is not running: start the daemon with '${RT_DAEMON} -c ${RT_SETTINGS}'"
+    log "supervisord is not running: start the daemon with '${RT_DAEMON} -c ${DAEMON_CONF:-${RT_SETTINGS}}'"
     return 0
   fi
   supervisorctl reread > /dev/null 2>&1
@@ -607,16 +701,44 @@ daemon_check() {
   rm -f "${bin}"
   while IFS= read -r line; do
     line=${line#* dovecot-oauth2d: }
-    line=${line//"${STAGE}/settings.check"/${RT_SETTINGS}}
+    line=${line//"${STAGE}/settings.check"/${DAEMON_CONF:-${RT_SETTINGS}}}
     case "${line}" in
       error:*) lines+=("dovecot-oauth2d -t: ${line#error: }") ;;
       warning:*) log "dovecot-oauth2d -t: ${line}" ;;
     esac
   done < "${STAGE}/check.out"
   if ((rc != 0)); then
-    ((${#lines[@]} > 0)) || lines=("dovecot-oauth2d -t -c ${RT_SETTINGS} failed (exit ${rc}): $(head -c 500 "${STAGE}/check.out" | tr '\n' ' ')")
+    ((${#lines[@]} > 0)) || lines=("dovecot-oauth2d -t -c ${DAEMON_CONF:-${RT_SETTINGS}} failed (exit ${rc}): $(head -c 500 "${STAGE}/check.out" | tr '\n' ' ')")
     give_up "${lines[@]}"
   fi
+}
+
+# daemon_source: prints where the daemon comes from: the config volume's copy, else the image's.
+daemon_source() {
+  if [[ -f ${CONFIG_VOLUME}/dovecot-oauth2d ]]; then
+    printf '%s\n' "${CONFIG_VOLUME}/dovecot-oauth2d"
+  elif [[ -f ${DAEMON} ]]; then
+    printf '%s\n' "${DAEMON}"
+  else
+    return 1
+  fi
+}
+
+# loopback_listen IP:PORT: an address on loopback (only local clients reach the listener).
+loopback_listen() {
+  [[ $1 =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+$ ]]
+}
+
+# container_random FILE BYTES: prints the value FILE keeps (BYTES random bytes in hex, made by an
+# earlier run of this container), else a new one: the same on a rerun, new in a new container.
+container_random() {
+  local file=$1 bytes=$2 value=''
+  [[ -s ${file} ]] && value=$(< "${file}")
+  if [[ ! ${value} =~ ^[0-9a-f]+$ || ${#value} -ne $((bytes * 2)) ]]; then
+    value=$(od -An -tx1 -N"${bytes}" /dev/urandom | tr -d ' \n')
+    [[ ${value} =~ ^[0-9a-f]+$ && ${#value} -eq $((bytes * 2)) ]] || return 1
+  fi
+  printf '%s\n' "${value}"
 }
 
 main_24() {
@@ -626,13 +748,8 @@ main_24() {
 
   # --- the daemon
   local daemon_src='' why
-  if [[ -f ${CONFIG_VOLUME}/dovecot-oauth2d ]]; then
-    daemon_src="${CONFIG_VOLUME}/dovecot-oauth2d"
-  elif [[ -f ${DAEMON} ]]; then
-    daemon_src="${DAEMON}"
-  else
-    give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 12 or 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
-  fi
+  daemon_src=$(daemon_source) \
+    || give_up "Dovecot ${version}: no dovecot-oauth2d; put it (built on Debian 12 or 13) next to user-patches.sh in the config volume, or use the dovecot-oauth2 image"
   why=$(check_daemon "${daemon_src}") || give_up "${why}"
 
   # --- DMS's original: the current file, or the copy an earlier run kept
@@ -646,7 +763,7 @@ main_24() {
   fi
 
   local listen=${OAUTH2_LISTEN:-${DEFAULT_LISTEN}}
-  [[ ${listen} =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+$ ]] \
+  loopback_listen "${listen}" \
     || give_up "OAUTH2_LISTEN='${listen}': Dovecot reaches the daemon on loopback (e.g. 127.0.0.1:7662)"
 
   # --- the new files, staged
@@ -657,11 +774,7 @@ main_24() {
 
   # One random credential per container: only Dovecot (and root) can ask the daemon.
   local secret=''
-  [[ -s ${SECRET} ]] && secret=$(< "${SECRET}")
-  if [[ ! ${secret} =~ ^[0-9a-f]{48}$ ]]; then
-    secret=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
-    [[ ${secret} =~ ^[0-9a-f]{48}$ ]] || give_up "cannot make a random secret"
-  fi
+  secret=$(container_random "${SECRET}" 24) || give_up "cannot make a random secret"
   printf '%s\n' "${secret}" > "${STAGE}/secret" || give_up "cannot stage the secret"
   daemon_check "${daemon_src}"
   oauth2_block_text "${listen}" "${secret}" > "${STAGE}/passdb" || give_up "cannot write the staged oauth2 block"
