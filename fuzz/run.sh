@@ -9,7 +9,7 @@ seconds=${1:-30}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo fuzz build -O
-for target in settings token provider_reply jwk; do
+for target in settings token provider_reply jwk scim_request; do
   mkdir -p "corpus/$target"
   echo "fuzz: $target for ${seconds}s"
   cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \

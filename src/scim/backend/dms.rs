@@ -150,8 +150,27 @@ fn lock_io(path: &Path, e: &io::Error) -> BackendError {
 
 /// Takes DMS's config lock: creates the file (only if absent) with our id inside, as `_create_lock`
 /// writes its uuid; waits while another holds it, removing one older than [`STALE_AFTER`] as DMS does.
+/// How the lock files this daemon writes begin: `dovecot-oauth2d-<pid>-<random>`.
+const LOCK_OWNER: &str = "dovecot-oauth2d-";
+
+/// Whether a lock file was left by a dovecot-oauth2d that is gone (killed while it held the lock):
+/// its process no longer exists, or that pid is now another program. Then nobody will remove it, and
+/// waiting a minute for it to turn stale would hold up the daemon's start (which finishes the killed
+/// daemon's change under this lock). DMS's own lock files (a uuid) are left to the age rule.
+fn left_by_a_dead_daemon(held: &str) -> bool {
+    let Some(pid) = held.trim().strip_prefix(LOCK_OWNER).and_then(|r| r.split('-').next()) else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    if pid == std::process::id() || !Path::new("/proc/self").exists() {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.trim_end() != "dovecot-oauth2d",
+        Err(_) => true,
+    }
+}
+
 pub(super) fn take_lock(path: &Path, wait: &LockWait) -> Result<ConfigLock, BackendError> {
-    let id = format!("dovecot-oauth2d-{}", files::random_hex(16));
+    let id = format!("{LOCK_OWNER}{}-{}", std::process::id(), files::random_hex(16));
     let start = wait.clock.now();
     loop {
         match OpenOptions::new().write(true).create_new(true).mode(0o644).open(path) {
@@ -162,6 +181,10 @@ pub(super) fn take_lock(path: &Path, wait: &LockWait) -> Result<ConfigLock, Back
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(lock_io(path, &e)),
+        }
+        if fs::read_to_string(path).is_ok_and(|held| left_by_a_dead_daemon(&held)) {
+            let _ = fs::remove_file(path);
+            continue;
         }
         match fs::metadata(path).and_then(|m| m.modified()) {
             Ok(modified) => {

@@ -613,3 +613,24 @@ fn a_plain_account_line_with_another_uid_is_rewritten_keeping_its_hash() {
     assert!(p.holds(&a).unwrap());
     assert_eq!(read(&e, "passwd").split(':').nth(1).unwrap(), hash);
 }
+
+#[test]
+fn a_lock_left_by_a_daemon_that_is_gone_is_removed_at_once() {
+    let e = Env::new();
+    let lock = e.d.path("dms").join("check-for-changes.sh.lock");
+    // a pid above any kernel's pid_max: no such process
+    fs::write(&lock, "dovecot-oauth2d-4294967-0123456789abcdef\n").unwrap();
+    let wait = LockWait { clock: e.clock.clone(), sleep: Arc::new(|_| panic!("no wait")), bound: Duration::ZERO };
+    Dms::with_wait(e.config(false), wait).apply(None, Some(&acct("ann@x.org", &[], None))).unwrap();
+    assert!(e.accounts().starts_with("ann@x.org|"));
+}
+
+#[test]
+fn a_lock_of_ours_whose_pid_is_now_another_program_is_removed_at_once() {
+    let e = Env::new();
+    let lock = e.d.path("dms").join("check-for-changes.sh.lock");
+    fs::write(&lock, "dovecot-oauth2d-1-0123456789abcdef\n").unwrap(); // pid 1 is not a dovecot-oauth2d
+    let wait = LockWait { clock: e.clock.clone(), sleep: Arc::new(|_| panic!("no wait")), bound: Duration::ZERO };
+    Dms::with_wait(e.config(false), wait).apply(None, Some(&acct("ann@x.org", &[], None))).unwrap();
+    assert!(e.accounts().starts_with("ann@x.org|"));
+}
