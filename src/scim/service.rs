@@ -649,8 +649,30 @@ impl Service {
         Self::check_version(&entry.user, req.if_match)?;
         let doc = new_doc(&entry.user)?;
         if doc == entry.user.doc {
+            // Identity providers resend unchanged users on every sync: the moment to put back an
+            // entry another writer of the files lost (or finish a change a failure interrupted).
+            let desired = self.rules.desired(&entry.user)?;
+            let repaired = match (&entry.applied, &desired) {
+                (Some(a), Some(d)) if a == d && self.backend.holds(a)? => None,
+                (None, None) => None,
+                _ => {
+                    let prev = entry.applied.as_ref().or(desired.as_ref());
+                    self.backend.apply(prev, desired.as_ref())?;
+                    let d = desired.clone();
+                    store.commit(|s| {
+                        if let Some(e) = s.entries.get_mut(id) {
+                            e.applied = d;
+                        }
+                    })?;
+                    Some(format!("user {id}: unchanged; its files were brought up to date"))
+                }
+            };
             let rep = resource::select(entry.user.to_json(req.base), None, None);
-            return Ok(Reply::user(200, &entry.user, rep, req.base));
+            let reply = Reply::user(200, &entry.user, rep, req.base);
+            return Ok(match repaired {
+                Some(note) => reply.noted(note),
+                None => reply,
+            });
         }
         let user = User { doc, modified: self.clock.unix(), version: entry.user.version + 1, ..entry.user.clone() };
         let account = self.rules.account(&user)?;
@@ -1081,6 +1103,30 @@ mod tests {
         assert!(f.held("kim@example.com").is_none());
         assert!(f.held("kim.lee@example.com").is_some());
         assert!(r.note.unwrap().contains("renamed"));
+    }
+
+    #[test]
+    fn an_unchanged_user_sent_again_puts_back_an_account_the_files_lost() {
+        let f = fixture("repair");
+        let body = user("sam@example.com", &[("sam@example.org", false)]);
+        let (_, id) = f.create(body.clone());
+        lock(&f.files.0).held.clear(); // another writer of the files dropped it
+        let r = f.call("PUT", &format!("/Users/{id}"), body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.etag.as_deref(), Some("W/\"1\""), "the user itself did not change");
+        assert!(f.held("sam@example.com").is_some());
+        assert!(f.held("sam@example.org").is_some());
+        assert!(r.note.unwrap().contains("brought up to date"));
+    }
+
+    #[test]
+    fn an_unchanged_user_whose_files_are_in_place_writes_nothing() {
+        let f = fixture("norepair");
+        let body = user("tom@example.com", &[]);
+        let (_, id) = f.create(body.clone());
+        let writes = lock(&f.files.0).writes;
+        assert_eq!(f.call("PUT", &format!("/Users/{id}"), body).status, 200);
+        assert_eq!(lock(&f.files.0).writes, writes);
     }
 
     #[test]
