@@ -18,15 +18,12 @@ import pytest
 
 import scim
 from scim import ERROR, ScimDaemon, patch, user
-from test_scim_protocol import NO_PROVIDER, dms_backend, need, scim_problem
+from test_scim_protocol import dms_service, need, scim_problem
 
 
 @pytest.fixture(scope="module")
 def service(workroot):
-    need(scim_problem())
-    root = tempfile.mkdtemp(prefix="scim-hostile-", dir=workroot)
-    d = ScimDaemon(os.path.join(root, "daemon"), NO_PROVIDER, dms_backend(root)).start()
-    d.config_dir = os.path.join(root, "docker-mailserver")
+    d = dms_service(workroot, "scim-hostile-")
     d.create(user("keep@example.com", "keep@example.com", "keep.alias@example.com"))  # the files are not empty
     yield d
     assert d.stop() == 0, d.log_since(0)
@@ -225,10 +222,7 @@ def test_concurrent_creates_of_one_user_give_one_201_and_409s_and_one_account_li
 
 @pytest.fixture
 def crash_service(workroot):
-    need(scim_problem())
-    root = tempfile.mkdtemp(prefix="scim-crash-", dir=workroot)
-    d = ScimDaemon(os.path.join(root, "daemon"), NO_PROVIDER, dms_backend(root)).start()
-    d.config_dir = os.path.join(root, "docker-mailserver")
+    d = dms_service(workroot, "scim-crash-")
     yield d
     d.kill()
 
@@ -309,9 +303,8 @@ def test_kill_9_during_changes_leaves_well_formed_files_that_agree_after_a_resta
 @pytest.fixture(scope="module")
 def tls_service(workroot):
     need(scim_problem())
-    root = tempfile.mkdtemp(prefix="scim-tls-", dir=workroot)
-    cert = scim.self_signed_cert(root)
-    d = ScimDaemon(os.path.join(root, "daemon"), NO_PROVIDER, dms_backend(root), tls=cert).start()
+    cert = scim.self_signed_cert(tempfile.mkdtemp(prefix="scim-tls-cert-", dir=workroot))
+    d = dms_service(workroot, "scim-tls-", tls=cert)
     yield d
     assert d.stop() == 0, d.log_since(0)
 

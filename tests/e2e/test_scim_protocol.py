@@ -55,12 +55,19 @@ def dms_backend(root: str) -> dict[str, str]:
 NO_PROVIDER = "introspection_url = http://127.0.0.1:9/introspect\n"  # never asked by these tests
 
 
+def dms_service(workroot: str, prefix: str, **kw) -> ScimDaemon:
+    """A started SCIM daemon on a scratch DMS config folder (its `config_dir`) and mail root, under a
+    new folder of `workroot`; keyword arguments go to ScimDaemon (e.g. tls)."""
+    need(scim_problem())
+    root = tempfile.mkdtemp(prefix=prefix, dir=workroot)
+    d = ScimDaemon(os.path.join(root, "daemon"), NO_PROVIDER, dms_backend(root), **kw).start()
+    d.config_dir = os.path.join(root, "docker-mailserver")
+    return d
+
+
 @pytest.fixture(scope="module")
 def service(workroot):
-    need(scim_problem())
-    root = tempfile.mkdtemp(prefix="scim-protocol-", dir=workroot)
-    d = ScimDaemon(os.path.join(root, "daemon"), NO_PROVIDER, dms_backend(root)).start()
-    d.config_dir = os.path.join(root, "docker-mailserver")
+    d = dms_service(workroot, "scim-protocol-")
     yield d
     assert d.stop() == 0, d.log_since(0)
 
