@@ -185,6 +185,15 @@ pub struct Service {
     window: Mutex<Window>,
 }
 
+/// Records what the files now hold for user `id`.
+fn record_applied(store: &mut Store, id: &str, applied: Option<Account>) -> Result<(), StoreError> {
+    store.commit(|s| {
+        if let Some(e) = s.entries.get_mut(id) {
+            e.applied = applied;
+        }
+    })
+}
+
 /// The backend the settings name.
 pub fn backend_for(choice: &BackendChoice) -> Box<dyn Backend> {
     match choice {
@@ -312,40 +321,35 @@ impl Service {
             if entry.applied == desired && !entry.deleted {
                 continue;
             }
-            // A create the crash interrupted may have written part of the account: its own lines.
-            let prev = match (&entry.applied, &desired) {
-                (None, Some(d)) => Some(d),
-                (applied, _) => applied.as_ref(),
-            };
-            match self.backend.apply(prev, desired.as_ref()) {
-                Ok(()) => {
-                    if entry.deleted {
+            let name = shown_max(entry.user.user_name(), 254);
+            if entry.deleted {
+                match self.backend.apply(entry.applied.as_ref(), None) {
+                    Ok(()) => {
                         store.commit(|s| {
                             s.entries.remove(&id);
                         })?;
                         notes.push(format!("user {id}: removal finished"));
-                    } else {
-                        let d = desired.clone();
-                        store.commit(|s| {
-                            if let Some(e) = s.entries.get_mut(&id) {
-                                e.applied = d;
-                            }
-                        })?;
-                        notes.push(format!(
-                            "user {} ({}): files brought up to date",
-                            id,
-                            shown_max(entry.user.user_name(), 254)
-                        ));
                     }
+                    Err(e) => notes.push(format!("user {id} ({name}): removal not finished: {e}")),
                 }
-                Err(e) => notes.push(format!(
-                    "user {} ({}): files not brought up to date: {e}",
-                    id,
-                    shown_max(entry.user.user_name(), 254)
-                )),
+                continue;
+            }
+            match self.bring_up_to_date(entry.applied.as_ref(), desired.as_ref()) {
+                Ok(()) => {
+                    record_applied(&mut store, &id, desired)?;
+                    notes.push(format!("user {id} ({name}): files brought up to date"));
+                }
+                Err(e) => notes.push(format!("user {id} ({name}): files not brought up to date: {e}")),
             }
         }
         Ok(notes)
+    }
+
+    /// Makes the files hold `desired` for an entry whose files lag it. What the files may hold is
+    /// `applied`, or, for a create a crash or failure interrupted (nothing applied), part of the
+    /// account itself: its own lines are repaired, not a conflict. The caller records `desired`.
+    fn bring_up_to_date(&self, applied: Option<&Account>, desired: Option<&Account>) -> Result<(), BackendError> {
+        self.backend.apply(applied.or(desired), desired)
     }
 
     /// Refuses a user name or address another user holds (its account, aliases, also while inactive).
@@ -613,11 +617,7 @@ impl Service {
             }
             return Err(e.into());
         }
-        store.commit(|s| {
-            if let Some(e) = s.entries.get_mut(&id) {
-                e.applied = desired.clone();
-            }
-        })?;
+        record_applied(&mut store, &id, desired.clone())?;
         let rep = user.to_json(req.base);
         let what = match &desired {
             Some(a) => format!("created account {}{}", a.address, describe_extras(a)),
@@ -656,14 +656,8 @@ impl Service {
                 (Some(a), Some(d)) if a == d && self.backend.holds(a)? => None,
                 (None, None) => None,
                 _ => {
-                    let prev = entry.applied.as_ref().or(desired.as_ref());
-                    self.backend.apply(prev, desired.as_ref())?;
-                    let d = desired.clone();
-                    store.commit(|s| {
-                        if let Some(e) = s.entries.get_mut(id) {
-                            e.applied = d;
-                        }
-                    })?;
+                    self.bring_up_to_date(entry.applied.as_ref(), desired.as_ref())?;
+                    record_applied(&mut store, id, desired)?;
                     Some(format!("user {id}: unchanged; its files were brought up to date"))
                 }
             };
@@ -698,11 +692,7 @@ impl Service {
             // this user, or the next start, finishes the change.
             return Err(e.into());
         }
-        store.commit(|s| {
-            if let Some(e) = s.entries.get_mut(id) {
-                e.applied = desired.clone();
-            }
-        })?;
+        record_applied(&mut store, id, desired.clone())?;
         let note = describe_change(entry.applied.as_ref(), desired.as_ref());
         let rep = user.to_json(req.base);
         Ok(Reply::user(200, &user, rep, req.base).noted(format!("user {id}: {note}")))

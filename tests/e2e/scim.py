@@ -278,46 +278,39 @@ def _valid_lines(path: str) -> list[str]:
 ADDRESS = re.compile(r"[a-z0-9._+-]{1,64}@[a-z0-9.-]{1,253}")
 
 
-def accounts(config_dir: str) -> dict[str, str]:
-    """postfix-accounts.cf as DMS's _create_accounts reads it (`IFS='|' read LOGIN PASS ATTRS`):
-    address -> password hash; every line `address|{SCHEME}hash` with no third field from us."""
+def _keyed(config_dir: str, name: str, sep: str | None, value_ok, unique: bool = True) -> dict[str, str]:
+    """One of DMS's account files as its scripts read it: every valid line `address<sep>value` (sep
+    None: white space), the address of our shape and the value accepted by value_ok; anything else,
+    and with `unique` a key twice, is Malformed."""
     out = {}
-    path = os.path.join(config_dir, "postfix-accounts.cf")
+    path = os.path.join(config_dir, name)
     for ln in _valid_lines(path):
-        parts = ln.split("|")
-        if len(parts) != 2 or not ADDRESS.fullmatch(parts[0]) or not re.fullmatch(r"\{[A-Z0-9-]+\}\S+", parts[1]):
+        parts = ln.split(sep)
+        if len(parts) != 2 or not ADDRESS.fullmatch(parts[0]) or not value_ok(parts[1]):
             raise Malformed(f"{path}: line {ln!r}")
-        if parts[0] in out:
+        if unique and parts[0] in out:
             raise Malformed(f"{path}: {parts[0]} twice")
         out[parts[0]] = parts[1]
     return out
+
+
+def accounts(config_dir: str) -> dict[str, str]:
+    """postfix-accounts.cf as DMS's _create_accounts reads it (`IFS='|' read LOGIN PASS ATTRS`):
+    address -> password hash; every line `address|{SCHEME}hash` with no third field from us."""
+    return _keyed(config_dir, "postfix-accounts.cf", "|", lambda v: re.fullmatch(r"\{[A-Z0-9-]+\}\S+", v))
 
 
 def aliases(config_dir: str) -> dict[str, list[str]]:
     """postfix-virtual.cf as Postfix (texthash) and DMS read it: alias -> targets (comma separated)."""
-    out: dict[str, list[str]] = {}
-    path = os.path.join(config_dir, "postfix-virtual.cf")
-    for ln in _valid_lines(path):
-        parts = ln.split()
-        if len(parts) != 2 or not ADDRESS.fullmatch(parts[0]) \
-                or not all(ADDRESS.fullmatch(t) for t in parts[1].split(",")):
-            raise Malformed(f"{path}: line {ln!r}")
-        if parts[0] in out:
-            raise Malformed(f"{path}: {parts[0]} twice")
-        out[parts[0]] = parts[1].split(",")
-    return out
+    lines = _keyed(config_dir, "postfix-virtual.cf", None,
+                   lambda v: all(ADDRESS.fullmatch(t) for t in v.split(",")))
+    return {k: v.split(",") for k, v in lines.items()}
 
 
 def quotas(config_dir: str) -> dict[str, str]:
     """dovecot-quotas.cf as DMS's _add_attribute_dovecot_quota reads it (`IFS=':'`, two fields)."""
-    out = {}
-    path = os.path.join(config_dir, "dovecot-quotas.cf")
-    for ln in _valid_lines(path):
-        parts = ln.split(":")
-        if len(parts) != 2 or not ADDRESS.fullmatch(parts[0]) or not re.fullmatch(r"[0-9]+[BkMGT]?", parts[1]):
-            raise Malformed(f"{path}: line {ln!r}")
-        out[parts[0]] = parts[1]
-    return out
+    return _keyed(config_dir, "dovecot-quotas.cf", ":", lambda v: re.fullmatch(r"[0-9]+[BkMGT]?", v),
+                  unique=False)
 
 
 def dms_files(config_dir: str) -> dict[str, bytes | None]:
